@@ -1,0 +1,4 @@
+// Umbrella header: everything mixq offers.
+#pragma once
+
+#include "mixq/core.hpp"

@@ -1,0 +1,6 @@
+# The Debian packages mixq's scripts need (sourced by the other scripts).
+MIXQ_BUILD_PACKAGES=(cmake g++ make libxsimd-dev doctest-dev libbenchmark-dev zlib1g-dev)
+# Baselines the benchmarks compare against (side by side only, never a library dependency).
+MIXQ_BENCH_PACKAGES=(libopenblas-dev libdnnl-dev)
+# The data set the examples train on.
+MIXQ_DATA_PACKAGES=(dataset-fashion-mnist)
