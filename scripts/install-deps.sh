@@ -9,7 +9,6 @@ for pkg in "$@"; do
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
-echo "mixq: installing Debian packages: ${missing[*]}"
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     SUDO=sudo
@@ -22,6 +21,7 @@ if [ "$(id -u)" -ne 0 ]; then
 else
   SUDO=
 fi
+echo "mixq: installing Debian packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
