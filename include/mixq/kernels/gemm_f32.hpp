@@ -16,12 +16,12 @@ enum class transpose : bool { no = false, yes = true };
 /// op(A) is M x K: A is M x K (lda >= K) or, transposed, K x M (lda >= M); likewise op(B) is
 /// K x N from B of K x N (ldb >= N) or N x K (ldb >= K). beta == 0 ignores C's old contents.
 inline void gemm_f32(transpose ta, transpose tb, std::size_t M, std::size_t N, std::size_t K,
-                     float alpha, const float* A, std::size_t lda, const float* B,
-                     std::size_t ldb, float beta, float* C, std::size_t ldc) {
+                     float alpha, const float* A, std::size_t lda, const float* B, std::size_t ldb,
+                     float beta, float* C, std::size_t ldc) {
   const bool at = ta == transpose::yes, bt = tb == transpose::yes;
   if (lda < (at ? M : K) || ldb < (bt ? K : N) || ldc < N)
-    throw shape_error(detail::cat("gemm_f32: leading dimensions lda=", lda, " ldb=", ldb,
-                                  " ldc=", ldc, " too small for M=", M, " N=", N, " K=", K));
+    throw shape_error(mixq::detail::cat("gemm_f32: leading dimensions lda=", lda, " ldb=", ldb,
+                                        " ldc=", ldc, " too small for M=", M, " N=", N, " K=", K));
   // Plain blocked loop (i, k, j) so the inner loop is contiguous over C and B.
   std::vector<float> brow(N);
   for (std::size_t i = 0; i < M; ++i) {
