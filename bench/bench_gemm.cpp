@@ -191,6 +191,43 @@ void BM_gemm_f32(benchmark::State& state, std::size_t threads) {
   set_rates(state, double(M) * N * K, 0, 0);
 }
 
+/// mixq's int8 path on bytes (u8 x s8, the same operands as dnnl_gemm_u8s8s32).
+void BM_gemm_u8s8s32(benchmark::State& state) {
+  const std::size_t M = state.range(0), N = state.range(1), K = state.range(2);
+  std::mt19937 rng(3);
+  std::vector<std::uint8_t> A(M * K);
+  std::vector<std::int8_t> B(N * K);
+  for (auto& x : A) x = std::uint8_t(rng() & 15);
+  for (auto& x : B) x = std::int8_t(int(rng() % 15) - 7);
+  std::vector<std::int32_t> C(M * N);
+  state.SetLabel(mk::has_avx512_vnni() ? "avx512_vnni" : "portable");
+  for (auto _ : state) {
+    mk::gemm_u8s8s32(M, N, K, A.data(), K, B.data(), K, C.data(), N);
+    benchmark::DoNotOptimize(C.data());
+  }
+  set_rates(state, double(M) * N * K, 0, 0);
+}
+
+/// The int8 path and the front door on bit-plane operands (unpacking included).
+void BM_planes(benchmark::State& state, int wbits, int abits, bool front_door) {
+  const std::size_t M = state.range(0), N = state.range(1), K = state.range(2);
+  std::mt19937_64 rng(1);
+  const random_planes A({abits, false}, M, K, rng), W({wbits, true}, N, K, rng);
+  std::vector<std::int32_t> C(M * N);
+  if (front_door)
+    state.SetLabel(mk::choose_kernel({abits, false}, {wbits, true}) == mk::gemm_kernel::int8
+                       ? "int8"
+                       : "bitserial");
+  for (auto _ : state) {
+    if (front_door)
+      mk::lowbit_gemm(A.view(), W.view(), std::span<std::int32_t>(C));
+    else
+      mk::int8_gemm(A.view(), W.view(), std::span<std::int32_t>(C));
+    benchmark::DoNotOptimize(C.data());
+  }
+  set_rates(state, double(M) * N * K, 0, 0);
+}
+
 #if defined(MIXQ_BENCH_OPENBLAS)
 void BM_openblas_sgemm(benchmark::State& state) {
   const int M = state.range(0), N = state.range(1), K = state.range(2);
@@ -266,6 +303,15 @@ const bool registered = [] {
                                              2, mk::best_isa()),
                 false);
   }
+  for (auto [w, a] : pairs) {
+    const std::string tag = "/w" + std::to_string(w) + "a" + std::to_string(a);
+    apply_sizes(
+        benchmark::RegisterBenchmark(("int8_gemm_planes" + tag).c_str(), BM_planes, w, a, false),
+        false);
+    apply_sizes(benchmark::RegisterBenchmark(("lowbit_gemm" + tag).c_str(), BM_planes, w, a, true),
+                false);
+  }
+  apply_sizes(benchmark::RegisterBenchmark("gemm_u8s8s32", BM_gemm_u8s8s32), big);
   for (mk::isa path : {mk::isa::avx2, mk::isa::portable})
     apply_sizes(benchmark::RegisterBenchmark(
                     (std::string("bitserial_gemm/w1a1/") + mk::isa_name(path)).c_str(),

@@ -103,9 +103,13 @@ MIXQ_VNNI_TARGET inline void gemm_u8s8s32_vnni(std::size_t M, std::size_t N, std
   const std::size_t groups = (K + 3) / 4, kpad = groups * 4, nblocks = (N + 15) / 16;
   // W interleaved: block b of 16 rows, group g: 16 rows x 4 bytes (one zmm), zero-padded.
   aligned_vector<std::int8_t> wi(nblocks * groups * 64, 0);
-  for (std::size_t n = 0; n < N; ++n)
-    for (std::size_t k = 0; k < K; ++k)
-      wi[((n / 16) * groups + k / 4) * 64 + (n % 16) * 4 + k % 4] = W[n * ldw + k];
+  for (std::size_t n = 0; n < N; ++n) {
+    std::int8_t* dst = wi.data() + (n / 16) * groups * 64 + (n % 16) * 4;
+    const std::int8_t* src = W + n * ldw;
+    const std::size_t full = K / 4;
+    for (std::size_t g = 0; g < full; ++g) __builtin_memcpy(dst + g * 64, src + g * 4, 4);
+    for (std::size_t k = full * 4; k < K; ++k) dst[full * 64 + k % 4] = src[k];
+  }
   // A rows padded to whole groups when K is not a multiple of 4 (the tile reads 4 bytes).
   std::vector<std::uint8_t> apad;
   if (kpad != K) {
@@ -202,8 +206,10 @@ inline aligned_vector<std::uint8_t> unpack_codes(const bitplane_view& v,
       const auto* plane = reinterpret_cast<const std::uint8_t*>(v.plane_row(r * bits + p));
       for (std::size_t b = 0; b < bytes; ++b) codes[b] |= spread[plane[b]] << p;
     }
+    // Byte i of codes[b] is element 8 b + i (little-endian x86-64).
     std::uint8_t* dst = out.data() + r * kpad;
-    for (std::size_t k = 0; k < K; ++k) dst[k] = map[(codes[k / 8] >> (8 * (k % 8))) & 0xFF];
+    __builtin_memcpy(dst, codes.data(), K);
+    for (std::size_t k = 0; k < K; ++k) dst[k] = map[dst[k]];
   }
   return out;
 }
