@@ -19,7 +19,7 @@ def load(path, size):
     lines = {}  # kernel -> {pair: MAC/s}
     for b in data["benchmarks"]:
         name = b.get("run_name", b["name"])
-        if f"M:{size}/" not in name or "MAC/s" not in b or b.get("error_occurred"):
+        if f"M:{size}/" not in name or "MAC/s" not in b or b.get("error_occurred") or "threads2" in name:
             continue
         kernel = name.split("/M:")[0]
         m = re.search(r"/(w\d+a\d+)", kernel)
