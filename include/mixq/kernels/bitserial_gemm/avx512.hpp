@@ -114,9 +114,15 @@ MIXQ_AVX512_BITSERIAL_TARGET inline void bitserial_tile_avx512_vpopcntdq(
       std::uint32_t* c = crow[i] + n0[j];
       // The group holding plane 0 x plane 0 of k block 0 comes first: it overwrites C.
       __m256i out = sum;
-      if (!(store_first && a_first[i0] && v_first[j0]))
-        out = _mm256_add_epi32(out, _mm256_maskz_loadu_epi32(lanes[j], c));
-      _mm256_mask_storeu_epi32(c, lanes[j], out);
+      const bool overwrite = store_first && a_first[i0] && v_first[j0];
+      if (lanes[j] == 0xFF) {  // plain loads and stores where all 8 outputs exist
+        if (!overwrite)
+          out = _mm256_add_epi32(out, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(c), out);
+      } else {
+        if (!overwrite) out = _mm256_add_epi32(out, _mm256_maskz_loadu_epi32(lanes[j], c));
+        _mm256_mask_storeu_epi32(c, lanes[j], out);
+      }
     }
   }
 }
