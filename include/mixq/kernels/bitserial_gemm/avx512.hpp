@@ -85,6 +85,8 @@ MIXQ_AVX512_BITSERIAL_TARGET inline void bitserial_tile_avx512_vpopcntdq(
   // The terms of one output (the planes of one A row x the planes of one 8-row W block that
   // sit in this tile) are summed in registers first, so C is read and written once per output.
   __m256i pend[NV];
+#pragma GCC unroll 32
+  for (int j = 0; j < NV; ++j) pend[j] = _mm256_setzero_si256();
   int i0 = 0;
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i) {
