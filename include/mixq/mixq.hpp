@@ -2,3 +2,4 @@
 #pragma once
 
 #include "mixq/core.hpp"
+#include "mixq/kernels.hpp"
