@@ -261,3 +261,15 @@ TEST_CASE("thread pool covers every index once and passes exceptions up") {
   CHECK_THROWS_AS(pool.resize(0), mixq::value_error);
   CHECK_THROWS_AS(mk::set_num_threads(0), mixq::value_error);
 }
+
+TEST_CASE("thread pool survives resizing between tasks") {
+  mk::thread_pool pool(2);
+  for (int round = 0; round < 20; ++round) {
+    pool.resize(round % 2 ? 1 : 2 + round % 3);
+    std::vector<int> hits(50, 0);
+    pool.parallel_for(50, [&](std::size_t b, std::size_t e) {
+      for (std::size_t i = b; i < e; ++i) ++hits[i];
+    });
+    for (int h : hits) CHECK(h == 1);
+  }
+}

@@ -21,8 +21,7 @@ namespace mixq::kernels {
 inline void bitserial_gemm(const bitplane_view& A, const bitplane_view& W,
                            std::span<std::int32_t> C, const gemm_options& options = {}) {
   detail::check_gemm_shapes(A, W, C.size(), "bitserial_gemm");
-  const detail::popcount_microkernel& uk = detail::bitserial_microkernel(options.path);
-  detail::run_bitserial_gemm(uk, A, W, C.data(), options.num_threads);
+  detail::bitserial_path_for(options.path).run(A, W, C.data(), options.num_threads);
 }
 
 /// The typed entry: C[m * N + n] = sum_k A(m, k) * W(n, k).
@@ -34,7 +33,7 @@ void bitserial_gemm(const bitplane_matrix<AT>& A, const bitplane_matrix<WT>& W,
 
 /// The name of the micro-kernel a call with these options would use (for benchmarks).
 inline const char* bitserial_gemm_kernel_name(const gemm_options& options = {}) {
-  return detail::bitserial_microkernel(options.path).name;
+  return detail::bitserial_path_for(options.path).name;
 }
 
 }  // namespace mixq::kernels

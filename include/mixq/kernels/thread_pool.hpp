@@ -33,7 +33,9 @@ class thread_pool {
     if (threads == size()) return;
     stop_workers();
     stop_ = false;
-    for (std::size_t t = 1; t < threads; ++t) workers_.emplace_back([this, t] { worker_loop(t); });
+    // New workers start from the current generation, so they wait for the next task.
+    for (std::size_t t = 1; t < threads; ++t)
+      workers_.emplace_back([this, t, g = generation_] { worker_loop(t, g); });
   }
 
   /// Calls f(begin, end) on disjoint ranges covering [0, n), at most `max_threads` of them
@@ -93,8 +95,7 @@ class thread_pool {
     inside_task() = false;
   }
 
-  void worker_loop(std::size_t index) {
-    std::size_t seen = 0;
+  void worker_loop(std::size_t index, std::size_t seen) {
     for (;;) {
       {
         std::unique_lock g(mutex_);

@@ -1,71 +1,194 @@
-// The AVX-512 VPOPCNTDQ bit-serial micro-kernel: a 6 x 4 tile of plane rows, 24 zmm
-// accumulators of 64-bit counts, 512 bits of K per step (AND, VPOPCNTQ, VPADDQ), reduced once
-// per K block. Compiled through a target attribute, so consumers need no -march flag.
+// The AVX-512 VPOPCNTDQ bit-serial path. W's planes are first interleaved so that one zmm holds
+// the same 64 bits of K from 8 W rows (one plane); a 64-bit word of an A plane row is broadcast
+// against it, so each of the 6 x 4 zmm accumulators counts 8 outputs at once and no
+// horizontal reduction is needed: per 64 bits of K and 8 outputs, one VPANDQ + VPOPCNTQ +
+// VPADDQ, the ceiling loop itself. Counts are weighted by their plane pair and added to C once
+// per K block. Compiled through target attributes, so consumers need no -march flag.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
+#include "mixq/core/aligned.hpp"
 #include "mixq/kernels/bitserial_gemm/common.hpp"
+#include "mixq/kernels/thread_pool.hpp"
 
 namespace mixq::kernels::detail {
 
 #if defined(__x86_64__)
 #define MIXQ_HAS_AVX512_BITSERIAL 1
+#define MIXQ_AVX512_BITSERIAL_TARGET \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq")))
 
-/// Sum of the 8 lanes (through memory: g++ 12's lane-extracting intrinsics read an
-/// "undefined" register and trip -Wuninitialized).
-__attribute__((target("avx512f"))) inline std::uint64_t reduce_add_u64_avx512(__m512i x) {
-  alignas(64) std::uint64_t lanes[8];
-  _mm512_store_si512(lanes, x);
-  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+/// W interleaved by 8 rows: vector row v = (n / 8) * bits + plane holds, for each 64-bit word k
+/// of K, the words of rows 8 (n / 8) .. + 7 (rows past N are zero).
+struct interleaved_planes {
+  std::size_t vector_rows = 0, words = 0;
+  aligned_vector<std::uint64_t> data;
+  const std::uint64_t* row(std::size_t v) const noexcept { return data.data() + v * words * 8; }
+};
+
+inline interleaved_planes interleave_by_8(const bitplane_view& W) {
+  interleaved_planes p;
+  const std::size_t blocks = (W.rows + 7) / 8, bits = W.type.bits;
+  p.vector_rows = blocks * bits;
+  p.words = W.words_per_plane;
+  p.data.assign(p.vector_rows * p.words * 8, 0);
+  for (std::size_t b = 0; b < blocks; ++b)
+    for (std::size_t j = 0; j < bits; ++j) {
+      std::uint64_t* dst = p.data.data() + (b * bits + j) * p.words * 8;
+      for (std::size_t l = 0; l < 8 && b * 8 + l < W.rows; ++l) {
+        const std::uint64_t* src = W.plane_row((b * 8 + l) * bits + j);
+        for (std::size_t k = 0; k < p.words; ++k) dst[k * 8 + l] = src[k];
+      }
+    }
+  return p;
 }
 
-template <int MR, int NR>
-__attribute__((target("avx512f,avx512bw,avx512vpopcntdq"))) void bitserial_tile_avx512_vpopcntdq(
-    const std::uint64_t* const* a, const std::uint64_t* const* b, std::size_t nwords,
-    std::uint64_t* P) {
-  __m512i acc[MR][NR];
+/// One register tile: MR A plane rows x NV interleaved W vector rows over nwords words of K,
+/// then C[row] += weight(i, v) * count for the valid rows (mr) and vectors (nv).
+template <int MR, int NV>
+MIXQ_AVX512_BITSERIAL_TARGET inline void bitserial_tile_avx512_vpopcntdq(
+    const std::uint64_t* const* a, const std::uint64_t* w, std::size_t wstride, std::size_t nwords,
+    int mr, int nv, std::uint32_t* const* crow, const std::int64_t* wa, const std::int64_t* wv,
+    const std::size_t* n0, const __mmask8* lanes, bool store_first, const std::uint8_t* a_first,
+    const std::uint8_t* v_first) {
+  __m512i acc[MR][NV];
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 32
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
-  const std::uint64_t* ap[MR];
-  const std::uint64_t* bp[NR];
+    for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_si512();
+  for (std::size_t k = 0; k < nwords; ++k) {
+    __m512i bv[NV];
 #pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i) ap[i] = a[i];
-#pragma GCC unroll 32
-  for (int j = 0; j < NR; ++j) bp[j] = b[j];
-  for (std::size_t w = 0; w < nwords; w += 8) {
-    __m512i bv[NR];
-#pragma GCC unroll 32
-    for (int j = 0; j < NR; ++j) {
-      bv[j] = _mm512_load_si512(bp[j] + w);
+    for (int j = 0; j < NV; ++j) {
+      bv[j] = _mm512_load_si512(w + j * wstride + k * 8);
       // Keeps the operand in a register: g++ 12 would fold the load into every vpandq.
       asm volatile("" : "+v"(bv[j]));
     }
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i) {
-      __m512i av = _mm512_load_si512(ap[i] + w);
+      __m512i av = _mm512_set1_epi64(static_cast<long long>(a[i][k]));
       asm volatile("" : "+v"(av));
 #pragma GCC unroll 32
-      for (int j = 0; j < NR; ++j)
+      for (int j = 0; j < NV; ++j)
         acc[i][j] = _mm512_add_epi64(acc[i][j], _mm512_popcnt_epi64(_mm512_and_si512(av, bv[j])));
     }
   }
+  // Fold: counts fit 32 bits; products and sums are taken modulo 2^32 (exact when C fits).
 #pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
+  for (int i = 0; i < MR; ++i) {
+    if (i >= mr) break;
 #pragma GCC unroll 32
-    for (int j = 0; j < NR; ++j) P[i * NR + j] = reduce_add_u64_avx512(acc[i][j]);
+    for (int j = 0; j < NV; ++j) {
+      if (j >= nv) break;
+      const __m256i count = _mm512_maskz_cvtepi64_epi32(0xFF, acc[i][j]);
+      const __m256i weight = _mm256_set1_epi32(static_cast<int>(wa[i] * wv[j]));
+      std::uint32_t* c = crow[i] + n0[j];
+      __m256i term = _mm256_mullo_epi32(count, weight);
+      // The first term of an output (k block 0, plane 0 x plane 0) overwrites C.
+      if (!(store_first && a_first[i] && v_first[j]))
+        term = _mm256_add_epi32(term, _mm256_maskz_loadu_epi32(lanes[j], c));
+      _mm256_mask_storeu_epi32(c, lanes[j], term);
+    }
+  }
 }
 
-inline constexpr popcount_microkernel bitserial_avx512_vpopcntdq_6x4{
-    6, 4, &bitserial_tile_avx512_vpopcntdq<6, 4>, "bitserial_gemm_avx512_vpopcntdq_6x4"};
+inline constexpr int avx512_bitserial_mr = 6, avx512_bitserial_nv = 4;
+
+MIXQ_AVX512_BITSERIAL_TARGET inline void run_bitserial_gemm_avx512(const bitplane_view& A,
+                                                                   const bitplane_view& W,
+                                                                   std::int32_t* C,
+                                                                   std::size_t threads) {
+  constexpr int MR = avx512_bitserial_mr, NV = avx512_bitserial_nv;
+  const std::size_t M = A.rows, N = W.rows;
+  if (M == 0 || N == 0) return;
+  // Only the words holding K bits are walked (the rest of the padding is zero).
+  const std::size_t words = (A.cols + 63) / 64;
+  const bool offsets = A.type.is_binary() || W.type.is_binary();
+  if (offsets || words == 0) init_offset_terms(A, W, C);
+  if (words == 0) return;
+  const std::size_t ba = A.type.bits, bw = W.type.bits;
+  const interleaved_planes Wi = interleave_by_8(W);
+  const std::size_t RA = M * ba, RV = Wi.vector_rows, wstride = Wi.words * 8;
+
+  std::vector<std::int64_t> wa(RA), wv(RV);
+  std::vector<std::size_t> ra(RA), nstart(RV);
+  std::vector<__mmask8> lanes(RV);
+  std::vector<std::uint8_t> a_first(RA), v_first(RV);
+  for (std::size_t r = 0; r < RA; ++r) {
+    wa[r] = plane_weight_of(A.type, int(r % ba));
+    ra[r] = r / ba;
+    a_first[r] = r % ba == 0;
+  }
+  for (std::size_t v = 0; v < RV; ++v) {
+    wv[v] = plane_weight_of(W.type, int(v % bw));
+    nstart[v] = v / bw * 8;
+    v_first[v] = v % bw == 0;
+    const std::size_t valid = std::min<std::size_t>(8, N - nstart[v]);
+    lanes[v] = static_cast<__mmask8>((1u << valid) - 1u);
+  }
+
+  // K block: up to 2048 words (128 KiB of interleaved W per vector row is too much for L2, so
+  // the W block shrinks to keep about 512 KiB of it in L2).
+  const std::size_t kc = std::min<std::size_t>(words, 2048);
+  const std::size_t vb = std::max<std::size_t>(NV, (512 * 1024 / (kc * 64)) / NV * NV);
+
+  auto work = [&](std::size_t a0, std::size_t a1, std::size_t v0, std::size_t v1) {
+    const std::uint64_t* ap[MR];
+    std::uint32_t* crow[MR];
+    for (std::size_t k0 = 0; k0 < words; k0 += kc) {
+      const std::size_t kn = std::min(kc, words - k0);
+      const bool first = !offsets && k0 == 0;
+      for (std::size_t c0 = v0; c0 < v1; c0 += vb) {
+        const std::size_t c1 = std::min(v1, c0 + vb);
+        for (std::size_t r = a0; r < a1; r += MR) {
+          const int mr = static_cast<int>(std::min<std::size_t>(MR, a1 - r));
+          for (int i = 0; i < MR; ++i) {
+            const std::size_t ri = r + std::min(i, mr - 1);
+            ap[i] = A.plane_row(ri) + k0;
+            crow[i] = reinterpret_cast<std::uint32_t*>(C + ra[ri] * N);
+          }
+          for (std::size_t c = c0; c < c1; c += NV) {
+            const int nv = static_cast<int>(std::min<std::size_t>(NV, c1 - c));
+            if (nv == NV) {
+              bitserial_tile_avx512_vpopcntdq<MR, NV>(ap, Wi.row(c) + k0 * 8, wstride, kn, mr, nv,
+                                                      crow, &wa[r], &wv[c], &nstart[c], &lanes[c],
+                                                      first, &a_first[r], &v_first[c]);
+            } else {
+              bitserial_tile_avx512_vpopcntdq<MR, 1>(ap, Wi.row(c) + k0 * 8, wstride, kn, mr, 1,
+                                                     crow, &wa[r], &wv[c], &nstart[c], &lanes[c],
+                                                     first, &a_first[r], &v_first[c]);
+              for (int j = 1; j < nv; ++j)
+                bitserial_tile_avx512_vpopcntdq<MR, 1>(
+                    ap, Wi.row(c + j) + k0 * 8, wstride, kn, mr, 1, crow, &wa[r], &wv[c + j],
+                    &nstart[c + j], &lanes[c + j], first, &a_first[r], &v_first[c + j]);
+            }
+          }
+        }
+      }
+    }
+  };
+
+  // Threads split the larger side by whole rows (A) or whole 8-row W blocks: disjoint outputs.
+  thread_pool& pool = default_thread_pool();
+  if (M >= N)
+    pool.parallel_for(
+        M, [&](std::size_t m0, std::size_t m1) { work(m0 * ba, m1 * ba, 0, RV); }, threads);
+  else
+    pool.parallel_for((N + 7) / 8,
+                      [&](std::size_t b0, std::size_t b1) { work(0, RA, b0 * bw, b1 * bw); },
+                      threads);
+}
+
+inline constexpr bitserial_path bitserial_avx512_vpopcntdq_6x4{
+    &run_bitserial_gemm_avx512, "bitserial_gemm_avx512_vpopcntdq_6x32_broadcast"};
 #endif
 
 }  // namespace mixq::kernels::detail

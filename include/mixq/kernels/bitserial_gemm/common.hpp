@@ -113,31 +113,54 @@ inline std::vector<std::int64_t> plane_row_sums(const bitplane_view& v) {
   return s;
 }
 
+/// C's starting values: the offset terms ow sum a' + oa sum w' + K oa ow of the formula below
+/// (zero unless an operand is binary).
+inline void init_offset_terms(const bitplane_view& A, const bitplane_view& W, std::int32_t* C) {
+  const std::size_t M = A.rows, N = W.rows, K = A.cols;
+  const std::int64_t oa = A.type.is_binary() ? -1 : 0, ow = W.type.is_binary() ? -1 : 0;
+  if (oa == 0 && ow == 0) {
+    std::fill(C, C + M * N, 0);
+    return;
+  }
+  std::vector<std::uint32_t> row_term(M, 0), col_term(N, 0);
+  const std::int64_t kk = static_cast<std::int64_t>(K) * oa * ow;
+  if (ow != 0) {
+    const auto sa = plane_row_sums(A);
+    for (std::size_t m = 0; m < M; ++m) row_term[m] = static_cast<std::uint32_t>(kk + ow * sa[m]);
+  } else {
+    std::fill(row_term.begin(), row_term.end(), static_cast<std::uint32_t>(kk));
+  }
+  if (oa != 0) {
+    const auto sw = plane_row_sums(W);
+    for (std::size_t n = 0; n < N; ++n) col_term[n] = static_cast<std::uint32_t>(oa * sw[n]);
+  }
+  for (std::size_t m = 0; m < M; ++m) {
+    std::uint32_t* c = reinterpret_cast<std::uint32_t*>(C + m * N);
+    for (std::size_t n = 0; n < N; ++n) c[n] = row_term[m] + col_term[n];
+  }
+}
+
+/// A whole bit-serial path: computes C from checked operands with the given thread count.
+using bitserial_run_fn = void (*)(const bitplane_view& A, const bitplane_view& W, std::int32_t* C,
+                                  std::size_t threads);
+struct bitserial_path {
+  bitserial_run_fn run;
+  const char* name;
+};
+
 /// The bit-serial GEMM around a micro-kernel. With a = a' + oa, w = w' + ow (oa = -1 for a
 /// binary operand, else 0; a' = sum_p weight_p * bit_p):
 ///   sum_k a w = sum_{i,j} wa_i ww_j popcount(A_i & W_j) + ow sum a' + oa sum w' + K oa ow.
 /// Terms are added modulo 2^32, so C is exact whenever the true result fits in int32.
 inline void run_bitserial_gemm(const popcount_microkernel& uk, const bitplane_view& A,
                                const bitplane_view& W, std::int32_t* C, std::size_t threads) {
-  const std::size_t M = A.rows, N = W.rows, K = A.cols, words = A.words_per_plane;
+  const std::size_t M = A.rows, N = W.rows;
   if (M == 0 || N == 0) return;
+  // Only whole 512-bit blocks holding K bits are walked (micro-kernels step by 8 words).
+  const std::size_t words = (A.cols + 511) / 512 * 8;
   const int ba = A.type.bits, bw = W.type.bits;
-  const std::int64_t oa = A.type.is_binary() ? -1 : 0, ow = W.type.is_binary() ? -1 : 0;
 
-  // Starting values: the offset corrections (zero unless an operand is binary).
-  {
-    std::vector<std::int64_t> sa, sw;
-    if (ow != 0) sa = plane_row_sums(A);
-    if (oa != 0) sw = plane_row_sums(W);
-    const std::int64_t kk = static_cast<std::int64_t>(K) * oa * ow;
-    for (std::size_t m = 0; m < M; ++m)
-      for (std::size_t n = 0; n < N; ++n) {
-        std::int64_t v = kk;
-        if (ow != 0) v += ow * sa[m];
-        if (oa != 0) v += oa * sw[n];
-        C[m * N + n] = static_cast<std::int32_t>(static_cast<std::uint32_t>(v));
-      }
-  }
+  init_offset_terms(A, W, C);
   if (words == 0) return;
 
   const std::size_t RA = M * ba, RW = N * bw;  // plane rows

@@ -12,8 +12,22 @@
 
 namespace mixq::kernels::detail {
 
-/// The micro-kernel of path `requested` (value_error if unsupported) or of the active path.
-inline const popcount_microkernel& bitserial_microkernel(std::optional<isa> requested) {
+inline void run_bitserial_gemm_portable(const bitplane_view& A, const bitplane_view& W,
+                                        std::int32_t* C, std::size_t threads) {
+  run_bitserial_gemm(bitserial_portable_4x4, A, W, C, threads);
+}
+inline constexpr bitserial_path bitserial_portable{&run_bitserial_gemm_portable,
+                                                   bitserial_portable_4x4.name};
+#if defined(MIXQ_HAS_AVX2_BITSERIAL)
+inline void run_bitserial_gemm_avx2(const bitplane_view& A, const bitplane_view& W, std::int32_t* C,
+                                    std::size_t threads) {
+  run_bitserial_gemm(bitserial_avx2_2x2, A, W, C, threads);
+}
+inline constexpr bitserial_path bitserial_avx2{&run_bitserial_gemm_avx2, bitserial_avx2_2x2.name};
+#endif
+
+/// The path `requested` (value_error if unsupported) or the active path.
+inline const bitserial_path& bitserial_path_for(std::optional<isa> requested) {
   isa path = active_isa();
   if (requested) {
     check_isa(*requested);
@@ -26,10 +40,10 @@ inline const popcount_microkernel& bitserial_microkernel(std::optional<isa> requ
 #endif
 #if defined(MIXQ_HAS_AVX2_BITSERIAL)
     case isa::avx2:
-      return bitserial_avx2_2x2;
+      return bitserial_avx2;
 #endif
     default:
-      return bitserial_portable_4x4;
+      return bitserial_portable;
   }
 }
 

@@ -1,0 +1,332 @@
+// GEMM benchmarks: the bit-serial GEMM for bit pairs 1x1 .. 8x8 against the AND-popcount
+// ceiling measured in this binary, and baselines in the same run: mixq's FP32 and int8 paths,
+// oneDNN (dnnl_gemm_u8s8s32, dnnl_sgemm) and OpenBLAS sgemm when found at build time.
+// Single-core by default; the threads2 variants use two threads of mixq's pool.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <ctime>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "mixq/core/aligned.hpp"
+#include "mixq/kernels.hpp"
+
+#if defined(MIXQ_BENCH_OPENBLAS)
+extern "C" {
+void cblas_sgemm(int order, int transa, int transb, int m, int n, int k, float alpha,
+                 const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc);
+void openblas_set_num_threads(int);
+char* openblas_get_corename();
+}
+#endif
+#if defined(MIXQ_BENCH_DNNL)
+#include <oneapi/dnnl/dnnl.h>
+extern "C" void omp_set_num_threads(int);
+#endif
+
+namespace mk = mixq::kernels;
+
+namespace {
+
+/// This thread's CPU time: on a shared machine it is steadier than wall time for one thread.
+double thread_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+double wall_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// ---- the AND + VPOPCNTQ + VPADDQ ceiling: 16 independent chains on register operands ----
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512vpopcntdq"), noinline)) std::uint64_t ceiling_loop(
+    std::size_t iters) {
+  __m512i x[4], y[4], acc[16];
+  for (int i = 0; i < 4; ++i) {
+    x[i] = _mm512_set1_epi64(0x0123456789abcdefll * (i + 1));
+    y[i] = _mm512_set1_epi64(0x7edcba9876543210ll ^ i);
+  }
+  for (auto& a : acc) a = _mm512_setzero_si512();
+  for (std::size_t it = 0; it < iters; ++it) {
+    for (int i = 0; i < 4; ++i) asm volatile("" : "+v"(x[i]), "+v"(y[i]));
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j)
+        acc[i * 4 + j] =
+            _mm512_add_epi64(acc[i * 4 + j], _mm512_popcnt_epi64(_mm512_and_si512(x[i], y[j])));
+  }
+  alignas(64) std::uint64_t lanes[8];
+  std::uint64_t s = 0;
+  for (auto& a : acc) {
+    _mm512_store_si512(lanes, a);
+    for (auto l : lanes) s += l;
+  }
+  return s;
+}
+#endif
+
+/// Bit-MACs per second of the ceiling loop, best of 5 (measured once).
+double ceiling_bitmacs_per_second() {
+  static const double v = [] {
+#if defined(__x86_64__)
+    if (!mk::isa_supported(mk::isa::avx512_vpopcntdq)) return 0.0;
+    double best = 0;
+    const std::size_t iters = 2'000'000;
+    for (int r = 0; r < 5; ++r) {
+      const double t0 = thread_seconds();
+      benchmark::DoNotOptimize(ceiling_loop(iters));
+      const double s = thread_seconds() - t0;
+      best = std::max(best, double(iters) * 16 * 512 / s);
+    }
+    return best;
+#else
+    return 0.0;
+#endif
+  }();
+  return v;
+}
+
+void BM_and_popcount_ceiling(benchmark::State& state) {
+#if defined(__x86_64__)
+  if (!mk::isa_supported(mk::isa::avx512_vpopcntdq)) {
+    state.SkipWithError("no AVX-512 VPOPCNTDQ");
+    return;
+  }
+  const std::size_t iters = 100'000;
+  for (auto _ : state) benchmark::DoNotOptimize(ceiling_loop(iters));
+  state.counters["bitMAC/s"] = benchmark::Counter(double(iters) * 16 * 512 * state.iterations(),
+                                                  benchmark::Counter::kIsRate);
+#else
+  state.SkipWithError("not x86-64");
+#endif
+}
+
+/// Random plane bits in the bitplane_view layout (padding bits zero).
+struct random_planes {
+  mixq::bitwidth type;
+  std::size_t rows, k, words;
+  mixq::aligned_vector<std::uint64_t> bits;
+  random_planes(mixq::bitwidth t, std::size_t r, std::size_t kk, std::mt19937_64& rng)
+      : type(t), rows(r), k(kk), words((kk + 511) / 512 * 8), bits(r * t.bits * words) {
+    for (std::size_t pr = 0; pr < r * t.bits; ++pr)
+      for (std::size_t w = 0; w < words; ++w) {
+        const std::size_t lo = w * 64;
+        std::uint64_t v = rng();
+        if (lo >= kk)
+          v = 0;
+        else if (kk - lo < 64)
+          v &= (std::uint64_t(1) << (kk - lo)) - 1;
+        bits[pr * words + w] = v;
+      }
+  }
+  mk::bitplane_view view() const { return {type, rows, k, words, bits.data()}; }
+};
+
+void set_rates(benchmark::State& state, double macs_per_iter, double bits_per_mac, double seconds) {
+  const double n = double(state.iterations());
+  state.counters["MAC/s"] = benchmark::Counter(macs_per_iter * n, benchmark::Counter::kIsRate);
+  if (bits_per_mac > 0) {
+    state.counters["bitMAC/s"] =
+        benchmark::Counter(macs_per_iter * bits_per_mac * n, benchmark::Counter::kIsRate);
+    const double ceil = ceiling_bitmacs_per_second();
+    if (ceil > 0 && seconds > 0)
+      state.counters["ceiling_ratio"] = macs_per_iter * bits_per_mac * n / seconds / ceil;
+  }
+}
+
+void BM_bitserial_gemm(benchmark::State& state, int wbits, int abits, std::size_t threads,
+                       mk::isa path) {
+  if (!mk::isa_supported(path)) {
+    state.SkipWithError("path not supported by this CPU");
+    return;
+  }
+  const std::size_t M = state.range(0), N = state.range(1), K = state.range(2);
+  std::mt19937_64 rng(1);
+  const random_planes A({abits, false}, M, K, rng), W({wbits, true}, N, K, rng);
+  std::vector<std::int32_t> C(M * N);
+  mk::set_num_threads(std::max<std::size_t>(threads, 1));
+  const mk::gemm_options opt{threads, path};
+  state.SetLabel(mk::bitserial_gemm_kernel_name(opt));
+  // One thread: CPU time (as the counters); two: wall time.
+  auto clock = threads > 1 ? &wall_seconds : &thread_seconds;
+  const double t0 = clock();
+  for (auto _ : state) {
+    mk::bitserial_gemm(A.view(), W.view(), std::span<std::int32_t>(C), opt);
+    benchmark::DoNotOptimize(C.data());
+  }
+  const double s = clock() - t0;
+  mk::set_num_threads(1);
+  set_rates(state, double(M) * N * K, double(wbits) * abits, s);
+}
+
+std::vector<float> random_floats(std::size_t n) {
+  std::mt19937 rng(2);
+  std::uniform_real_distribution<float> d(-1, 1);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+void BM_gemm_f32(benchmark::State& state, std::size_t threads) {
+  const std::size_t M = state.range(0), N = state.range(1), K = state.range(2);
+  const auto A = random_floats(M * K), B = random_floats(N * K);
+  std::vector<float> C(M * N);
+  mk::set_num_threads(threads);
+  for (auto _ : state) {
+    mk::gemm_f32(mk::transpose::no, mk::transpose::yes, M, N, K, 1.0f, A.data(), K, B.data(), K,
+                 0.0f, C.data(), N);
+    benchmark::DoNotOptimize(C.data());
+  }
+  mk::set_num_threads(1);
+  set_rates(state, double(M) * N * K, 0, 0);
+}
+
+/// mixq's int8 path on bytes (u8 x s8, the same operands as dnnl_gemm_u8s8s32).
+void BM_gemm_u8s8s32(benchmark::State& state) {
+  const std::size_t M = state.range(0), N = state.range(1), K = state.range(2);
+  std::mt19937 rng(3);
+  std::vector<std::uint8_t> A(M * K);
+  std::vector<std::int8_t> B(N * K);
+  for (auto& x : A) x = std::uint8_t(rng() & 15);
+  for (auto& x : B) x = std::int8_t(int(rng() % 15) - 7);
+  std::vector<std::int32_t> C(M * N);
+  state.SetLabel(mk::has_avx512_vnni() ? "avx512_vnni" : "portable");
+  for (auto _ : state) {
+    mk::gemm_u8s8s32(M, N, K, A.data(), K, B.data(), K, C.data(), N);
+    benchmark::DoNotOptimize(C.data());
+  }
+  set_rates(state, double(M) * N * K, 0, 0);
+}
+
+/// The int8 path and the front door on bit-plane operands (unpacking included).
+void BM_planes(benchmark::State& state, int wbits, int abits, bool front_door) {
+  const std::size_t M = state.range(0), N = state.range(1), K = state.range(2);
+  std::mt19937_64 rng(1);
+  const random_planes A({abits, false}, M, K, rng), W({wbits, true}, N, K, rng);
+  std::vector<std::int32_t> C(M * N);
+  if (front_door)
+    state.SetLabel(mk::choose_kernel({abits, false}, {wbits, true}) == mk::gemm_kernel::int8
+                       ? "int8"
+                       : "bitserial");
+  for (auto _ : state) {
+    if (front_door)
+      mk::lowbit_gemm(A.view(), W.view(), std::span<std::int32_t>(C));
+    else
+      mk::int8_gemm(A.view(), W.view(), std::span<std::int32_t>(C));
+    benchmark::DoNotOptimize(C.data());
+  }
+  set_rates(state, double(M) * N * K, 0, 0);
+}
+
+#if defined(MIXQ_BENCH_OPENBLAS)
+void BM_openblas_sgemm(benchmark::State& state) {
+  const int M = state.range(0), N = state.range(1), K = state.range(2);
+  const auto A = random_floats(std::size_t(M) * K), B = random_floats(std::size_t(N) * K);
+  std::vector<float> C(std::size_t(M) * N);
+  openblas_set_num_threads(1);
+  state.SetLabel(std::string("core ") + openblas_get_corename());
+  for (auto _ : state) {
+    // Row-major (101), A no-trans (111), B trans (112): the same NT form as the others.
+    cblas_sgemm(101, 111, 112, M, N, K, 1.0f, A.data(), K, B.data(), K, 0.0f, C.data(), N);
+    benchmark::DoNotOptimize(C.data());
+  }
+  set_rates(state, double(M) * N * K, 0, 0);
+}
+#endif
+
+#if defined(MIXQ_BENCH_DNNL)
+void BM_dnnl_sgemm(benchmark::State& state) {
+  const int M = state.range(0), N = state.range(1), K = state.range(2);
+  const auto A = random_floats(std::size_t(M) * K), B = random_floats(std::size_t(N) * K);
+  std::vector<float> C(std::size_t(M) * N);
+  omp_set_num_threads(1);
+  for (auto _ : state) {
+    if (dnnl_sgemm('N', 'T', M, N, K, 1.0f, A.data(), K, B.data(), K, 0.0f, C.data(), N) !=
+        dnnl_success) {
+      state.SkipWithError("dnnl_sgemm failed");
+      return;
+    }
+    benchmark::DoNotOptimize(C.data());
+  }
+  set_rates(state, double(M) * N * K, 0, 0);
+}
+
+void BM_dnnl_gemm_u8s8s32(benchmark::State& state) {
+  const int M = state.range(0), N = state.range(1), K = state.range(2);
+  std::mt19937 rng(3);
+  std::vector<std::uint8_t> A(std::size_t(M) * K);
+  std::vector<std::int8_t> B(std::size_t(N) * K);
+  for (auto& x : A) x = std::uint8_t(rng() & 15);
+  for (auto& x : B) x = std::int8_t(int(rng() % 15) - 7);
+  std::vector<std::int32_t> C(std::size_t(M) * N);
+  const std::int32_t co = 0;
+  omp_set_num_threads(1);
+  for (auto _ : state) {
+    if (dnnl_gemm_u8s8s32('N', 'T', 'F', M, N, K, 1.0f, A.data(), K, 0, B.data(), K, 0, 0.0f,
+                          C.data(), N, &co) != dnnl_success) {
+      state.SkipWithError("dnnl_gemm_u8s8s32 failed");
+      return;
+    }
+    benchmark::DoNotOptimize(C.data());
+  }
+  set_rates(state, double(M) * N * K, 0, 0);
+}
+#endif
+
+void apply_sizes(benchmark::internal::Benchmark* b, bool large, bool threaded = false) {
+  b->ArgNames({"M", "N", "K"})->Unit(benchmark::kMillisecond);
+  if (threaded) b->UseRealTime();
+  b->Args({256, 256, 256})->Args({1024, 1024, 1024});
+  if (large) b->Args({4096, 4096, 4096});
+}
+
+const bool registered = [] {
+  const bool big = std::getenv("MIXQ_BENCH_4096") != nullptr;
+  benchmark::RegisterBenchmark("and_popcount_ceiling", BM_and_popcount_ceiling);
+  const std::pair<int, int> pairs[] = {{1, 1}, {1, 2}, {2, 2}, {2, 4}, {4, 4}, {8, 8}};
+  for (auto [w, a] : pairs) {
+    const std::string name = "bitserial_gemm/w" + std::to_string(w) + "a" + std::to_string(a);
+    apply_sizes(
+        benchmark::RegisterBenchmark(name.c_str(), BM_bitserial_gemm, w, a, 1, mk::best_isa()),
+        big && w * a <= 4);
+    apply_sizes(benchmark::RegisterBenchmark((name + "/threads2").c_str(), BM_bitserial_gemm, w, a,
+                                             2, mk::best_isa()),
+                false);
+  }
+  for (auto [w, a] : pairs) {
+    const std::string tag = "/w" + std::to_string(w) + "a" + std::to_string(a);
+    apply_sizes(
+        benchmark::RegisterBenchmark(("int8_gemm_planes" + tag).c_str(), BM_planes, w, a, false),
+        false);
+    apply_sizes(benchmark::RegisterBenchmark(("lowbit_gemm" + tag).c_str(), BM_planes, w, a, true),
+                false);
+  }
+  apply_sizes(benchmark::RegisterBenchmark("gemm_u8s8s32", BM_gemm_u8s8s32), big);
+  for (mk::isa path : {mk::isa::avx2, mk::isa::portable})
+    apply_sizes(benchmark::RegisterBenchmark(
+                    (std::string("bitserial_gemm/w1a1/") + mk::isa_name(path)).c_str(),
+                    BM_bitserial_gemm, 1, 1, 1, path),
+                false);
+  apply_sizes(benchmark::RegisterBenchmark("gemm_f32", BM_gemm_f32, 1), big);
+  apply_sizes(benchmark::RegisterBenchmark("gemm_f32/threads2", BM_gemm_f32, 2), false, true);
+#if defined(MIXQ_BENCH_OPENBLAS)
+  apply_sizes(benchmark::RegisterBenchmark("openblas_sgemm", BM_openblas_sgemm), big);
+#endif
+#if defined(MIXQ_BENCH_DNNL)
+  apply_sizes(benchmark::RegisterBenchmark("dnnl_sgemm", BM_dnnl_sgemm), big);
+  apply_sizes(benchmark::RegisterBenchmark("dnnl_gemm_u8s8s32", BM_dnnl_gemm_u8s8s32), big);
+#endif
+  return true;
+}();
+
+}  // namespace

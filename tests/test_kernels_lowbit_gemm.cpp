@@ -1,0 +1,182 @@
+// The int8 path (VNNI and portable) and the lowbit_gemm front door against the scalar
+// reference for every qtype pair; gemm_u8s8s32 against plain dot products; kernel tables.
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <span>
+#include <vector>
+
+#include "mixq/core/aligned.hpp"
+#include "mixq/kernels.hpp"
+
+namespace mk = mixq::kernels;
+using mixq::bitwidth;
+
+namespace {
+struct operand {
+  bitwidth type;
+  std::size_t rows, k, words;
+  mixq::aligned_vector<std::uint64_t> bits;
+  operand(bitwidth t, std::size_t r, std::size_t kk, int mode, std::mt19937_64& rng)
+      : type(t), rows(r), k(kk), words((kk + 511) / 512 * 8), bits(r * t.bits * words, 0) {
+    for (std::size_t pr = 0; pr < r * t.bits; ++pr)
+      for (std::size_t w = 0; w * 64 < kk; ++w) {
+        // mode 0 random codes, 1 all-zero bits, 2 all-one bits (extreme codes).
+        std::uint64_t x = mode == 0 ? rng() : (mode == 1 ? 0 : ~std::uint64_t(0));
+        // For two's complement, all-one bits except the sign plane gives max, sign alone min.
+        if (mode == 3) x = (pr % t.bits == std::size_t(t.bits - 1)) ? ~std::uint64_t(0) : 0;
+        if (kk - w * 64 < 64) x &= (std::uint64_t(1) << (kk - w * 64)) - 1;
+        bits[pr * words + w] = x;
+      }
+  }
+  mk::bitplane_view view() const { return {type, rows, k, words, bits.data()}; }
+};
+
+std::vector<bitwidth> all_bitwidths() {
+  std::vector<bitwidth> v;
+  for (bool s : {false, true})
+    for (int b = 1; b <= 8; ++b) v.push_back({b, s});
+  return v;
+}
+std::vector<mk::isa> supported_paths() {
+  std::vector<mk::isa> v;
+  for (mk::isa i : mk::all_isas)
+    if (mk::isa_supported(i)) v.push_back(i);
+  return v;
+}
+}  // namespace
+
+TEST_CASE("gemm_u8s8s32 against dot products, ragged shapes and strides") {
+  std::mt19937 rng(9);
+  for (auto [M, N, K] : {std::array<std::size_t, 3>{1, 1, 1},
+                         {7, 17, 3},
+                         {13, 33, 65},
+                         {6, 64, 4},
+                         {20, 70, 4097},
+                         {3, 5, 0}})
+    for (mk::isa path : supported_paths()) {
+      const std::size_t lda = K + 3, ldw = K + 1, ldc = N + 2;
+      std::vector<std::uint8_t> A(M * lda);
+      std::vector<std::int8_t> W(N * ldw);
+      for (auto& x : A) x = std::uint8_t(rng());
+      for (auto& x : W) x = std::int8_t(rng());
+      std::vector<std::int32_t> C(M * ldc, 777);
+      mk::gemm_u8s8s32(M, N, K, A.data(), lda, W.data(), ldw, C.data(), ldc, {1, path});
+      int bad = 0;
+      for (std::size_t m = 0; m < M; ++m) {
+        for (std::size_t n = 0; n < N; ++n) {
+          std::int32_t s = 0;
+          for (std::size_t k = 0; k < K; ++k) s += std::int32_t(A[m * lda + k]) * W[n * ldw + k];
+          bad += C[m * ldc + n] != s;
+        }
+        for (std::size_t n = N; n < ldc; ++n) bad += C[m * ldc + n] != 777;
+      }
+      CAPTURE(M);
+      CAPTURE(N);
+      CAPTURE(K);
+      CAPTURE(mk::isa_name(path));
+      CHECK(bad == 0);
+    }
+  std::vector<std::uint8_t> a(10);
+  std::vector<std::int8_t> w(10);
+  std::vector<std::int32_t> c(10);
+  CHECK_THROWS_AS(mk::gemm_u8s8s32(2, 2, 5, a.data(), 4, w.data(), 5, c.data(), 2),
+                  mixq::shape_error);
+}
+
+TEST_CASE("int8_gemm and lowbit_gemm: every qtype pair, every path, extreme codes") {
+  std::mt19937_64 rng(10);
+  int bad = 0;
+  for (bitwidth at : all_bitwidths())
+    for (bitwidth wt : all_bitwidths())
+      for (auto [M, N, K, mode] : {std::array<std::size_t, 4>{7, 19, 65, 0},
+                                   {3, 5, 1, 0},
+                                   {2, 17, 63, 2},
+                                   {2, 3, 64, 1},
+                                   {5, 2, 130, 3}}) {
+        const operand A(at, M, K, int(mode), rng), W(wt, N, K, int(mode), rng);
+        std::vector<std::int32_t> ref(M * N), got(M * N);
+        mk::bitserial_gemm_reference(A.view(), W.view(), std::span<std::int32_t>(ref));
+        for (mk::isa path : supported_paths()) {
+          std::fill(got.begin(), got.end(), -5);
+          mk::int8_gemm(A.view(), W.view(), std::span<std::int32_t>(got), {1, path});
+          if (got != ref) {
+            CAPTURE(at.name());
+            CAPTURE(wt.name());
+            CAPTURE(M);
+            CAPTURE(N);
+            CAPTURE(K);
+            CAPTURE(mode);
+            CAPTURE(mk::isa_name(path));
+            CHECK(got == ref);
+            ++bad;
+          }
+          std::fill(got.begin(), got.end(), -5);
+          mk::lowbit_gemm(A.view(), W.view(), std::span<std::int32_t>(got), {1, path});
+          bad += got != ref;
+        }
+      }
+  CHECK(bad == 0);
+}
+
+TEST_CASE("int8_gemm large K and two threads") {
+  std::mt19937_64 rng(11);
+  mk::set_num_threads(2);
+  for (auto [at, wt] : {std::pair{bitwidth{8, false}, bitwidth{8, false}},
+                        {bitwidth{8, true}, bitwidth{8, true}},
+                        {bitwidth{1, true}, bitwidth{5, true}}}) {
+    const operand A(at, 31, 4097, 0, rng), W(wt, 50, 4097, 0, rng);
+    std::vector<std::int32_t> ref(31 * 50), got(31 * 50);
+    mk::bitserial_gemm_reference(A.view(), W.view(), std::span<std::int32_t>(ref));
+    mk::int8_gemm(A.view(), W.view(), std::span<std::int32_t>(got), {2, std::nullopt});
+    CHECK(got == ref);
+  }
+  mk::set_num_threads(1);
+}
+
+TEST_CASE("int8_gemm and lowbit_gemm bad inputs") {
+  const mixq::bitplane_matrix<mixq::qint<2>> A(3, 10), A2(3, 11);
+  const mixq::bitplane_matrix<mixq::quint<4>> W(4, 10);
+  std::vector<std::int32_t> c(12), small(11);
+  CHECK_THROWS_AS(mk::int8_gemm(A2, W, std::span<std::int32_t>(c)), mixq::shape_error);
+  CHECK_THROWS_AS(mk::int8_gemm(A, W, std::span<std::int32_t>(small)), mixq::shape_error);
+  CHECK_THROWS_AS(mk::lowbit_gemm(A2, W, std::span<std::int32_t>(c)), mixq::shape_error);
+  CHECK_THROWS_AS(mk::lowbit_gemm(A, W, std::span<std::int32_t>(small)), mixq::shape_error);
+  mk::bitplane_view bad(A);
+  bad.type.bits = 9;
+  CHECK_THROWS_AS(mk::int8_gemm(bad, W, std::span<std::int32_t>(c)), mixq::bits_error);
+  CHECK_THROWS_AS(mk::lowbit_gemm(W, bad, std::span<std::int32_t>(c)), mixq::bits_error);
+  CHECK_THROWS_AS(mk::choose_kernel({0, false}, {2, false}), mixq::bits_error);
+}
+
+TEST_CASE("kernel tables: default, text and file round trip, bad files, calibrate") {
+  const auto d = mk::kernel_table::default_table();
+  CHECK(d.at(1, 1) == mk::gemm_kernel::bitserial);
+  CHECK(d.at(2, 2) == mk::gemm_kernel::bitserial);
+  CHECK(d.at(1, 4) == mk::gemm_kernel::bitserial);
+  CHECK(d.at(8, 8) == (mk::has_avx512_vnni() ? mk::gemm_kernel::int8 : mk::gemm_kernel::bitserial));
+  mk::kernel_table t;
+  t.at(3, 5) = mk::gemm_kernel::int8;
+  CHECK(mk::kernel_table::from_string(t.to_string()) == t);
+  const std::string path = "test_kernels_lowbit_gemm_table.txt";
+  t.save(path);
+  CHECK(mk::kernel_table::load(path) == t);
+  mk::load_kernel_table(path);
+  CHECK(mk::active_kernel_table() == t);
+  CHECK(mk::choose_kernel({3, true}, {5, false}) == mk::gemm_kernel::int8);
+  CHECK(mk::choose_kernel({5, true}, {3, false}) == mk::gemm_kernel::bitserial);
+  std::remove(path.c_str());
+  CHECK_THROWS_AS(mk::kernel_table::load("no/such/dir/table.txt"), mixq::io_error);
+  CHECK_THROWS_AS(mk::kernel_table::from_string("mixq-kernel-table 2\n"), mixq::format_error);
+  CHECK_THROWS_AS(mk::kernel_table::from_string("mixq-kernel-table 1\nbbbb\n"), mixq::format_error);
+  CHECK_THROWS_AS(mk::kernel_table::from_string("mixq-kernel-table 1\nbbbbbbbx\n"),
+                  mixq::format_error);
+  const std::string cpath = "test_kernels_lowbit_gemm_calibrated.txt";
+  const auto c = mk::calibrate(8, 8, 64, 1, cpath);
+  CHECK(mk::kernel_table::load(cpath) == c);
+  CHECK(mk::active_kernel_table() == c);
+  std::remove(cpath.c_str());
+  mk::set_kernel_table(mk::kernel_table::default_table());
+}
