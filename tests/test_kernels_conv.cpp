@@ -62,20 +62,22 @@ void check_case(const conv_case& c, std::mt19937& rng) {
   tensor<ws> w(wshape, values_for<WT>(c.cout * cin_g * c.kh * c.kw, c.fill, rng));
   const auto packed = mk::packed_conv_weights<WT>::pack(w, c.layout, c.p.groups);
   const tensor<std::int32_t> ref = mk::reference_conv2d<AT, WT>(x, w, c.layout, c.p);
-  for (mk::isa path : supported_paths()) {
-    mk::conv2d_params p = c.p;
-    p.gemm.path = path;
-    const tensor<std::int32_t> got = mk::bitserial_conv2d<AT>(x, packed, p);
-    REQUIRE(got.shape() == ref.shape());
-    bool same = true;
-    for (std::size_t i = 0; i < ref.size(); ++i) same = same && got[i] == ref[i];
-    INFO("a ", mixq::bitwidth_of<AT>().name(), " w ", mixq::bitwidth_of<WT>().name(), " path ",
-         mk::isa_name(path), " x ", c.batch, "x", c.h, "x", c.w, "x", c.cin, " -> ", c.cout, " k ",
-         c.kh, "x", c.kw, " s ", c.p.stride_h, " pad ", c.p.pad_h, "/", c.p.pad_w, " d ",
-         c.p.dilation_h, " g ", c.p.groups, " za ", c.p.activation_zero_point, " padv ",
-         c.p.pad_code(), " fill ", c.fill);
-    CHECK(same);
-  }
+  for (mk::isa path : supported_paths())
+    for (mk::gemm_kernel kernel : {mk::gemm_kernel::bitserial, mk::gemm_kernel::int8}) {
+      mk::conv2d_params p = c.p;
+      p.gemm.path = path;
+      p.kernel = kernel;
+      const tensor<std::int32_t> got = mk::bitserial_conv2d<AT>(x, packed, p);
+      REQUIRE(got.shape() == ref.shape());
+      bool same = true;
+      for (std::size_t i = 0; i < ref.size(); ++i) same = same && got[i] == ref[i];
+      INFO("a ", mixq::bitwidth_of<AT>().name(), " w ", mixq::bitwidth_of<WT>().name(), " path ",
+           mk::isa_name(path), " kernel ", int(kernel), " x ", c.batch, "x", c.h, "x", c.w, "x",
+           c.cin, " -> ", c.cout, " k ", c.kh, "x", c.kw, " s ", c.p.stride_h, " pad ", c.p.pad_h,
+           "/", c.p.pad_w, " d ", c.p.dilation_h, " g ", c.p.groups, " za ",
+           c.p.activation_zero_point, " padv ", c.p.pad_code(), " fill ", c.fill);
+      CHECK(same);
+    }
 }
 
 void check_runtime(bitwidth a, bitwidth w, const conv_case& c, std::mt19937& rng) {

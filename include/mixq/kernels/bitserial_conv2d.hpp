@@ -16,6 +16,7 @@
 #include "mixq/kernels/bitserial_conv2d/packing.hpp"
 #include "mixq/kernels/bitserial_conv2d/reference.hpp"
 #include "mixq/kernels/bitserial_gemm.hpp"
+#include "mixq/kernels/lowbit_gemm.hpp"
 #include "mixq/kernels/thread_pool.hpp"
 
 namespace mixq::kernels {
@@ -114,12 +115,19 @@ inline void conv2d_gemm_and_correct(const conv2d_geometry& g, bitwidth at,
     return bitplane_view(w_all.type, cout_g, w_all.cols, w_all.words_per_plane,
                          w_all.data + grp * cout_g * w_all.type.bits * w_all.words_per_plane);
   };
+  const gemm_kernel kernel = p.kernel.value_or(choose_kernel(at, w_all.type));
+  auto product = [&](const bitplane_view& A, const bitplane_view& W, std::span<std::int32_t> C) {
+    if (kernel == gemm_kernel::int8)
+      int8_gemm(A, W, C, p.gemm);
+    else
+      bitserial_gemm(A, W, C, p.gemm);
+  };
   if (g.groups == 1) {
-    bitserial_gemm(a_view(0), w_view(0), out, p.gemm);
+    product(a_view(0), w_view(0), out);
   } else {
     std::vector<std::int32_t> tmp(M * cout_g);
     for (std::size_t grp = 0; grp < g.groups; ++grp) {
-      bitserial_gemm(a_view(grp), w_view(grp), tmp, p.gemm);
+      product(a_view(grp), w_view(grp), tmp);
       for (std::size_t m = 0; m < M; ++m)
         for (std::size_t j = 0; j < cout_g; ++j)
           out[m * C + grp * cout_g + j] = tmp[m * cout_g + j];

@@ -13,6 +13,7 @@
 #include "mixq/core/qtype.hpp"
 #include "mixq/core/tensor.hpp"
 #include "mixq/kernels/bitserial_gemm/common.hpp"
+#include "mixq/kernels/lowbit_gemm.hpp"
 
 namespace mixq::kernels {
 
@@ -38,6 +39,9 @@ struct conv2d_params {
   std::optional<int> padding_value;
   /// Threads and instruction-set path of the bit-serial GEMM (and the packing).
   gemm_options gemm;
+  /// The GEMM behind the packed product: std::nullopt uses lowbit_gemm's active kernel table
+  /// (bit-serial when w * a <= 4, the int8 VNNI path otherwise); set it to force one.
+  std::optional<gemm_kernel> kernel;
 
   int pad_code() const noexcept { return padding_value.value_or(activation_zero_point); }
 };
