@@ -113,7 +113,11 @@ void BM_bitserial_conv(benchmark::State& state, const layer& l, part what) {
                                         mk::weight_layout::ohwi, l.groups);
   const auto g = mk::conv2d_geometry_for(x.shape(), w, p);
   std::vector<std::int32_t> out(g.output_size());
-  state.SetLabel(mk::bitserial_gemm_kernel_name(p.gemm));
+  state.SetLabel(l.groups == l.cin && l.groups > 1 ? "depthwise_direct"
+                 : mk::choose_kernel(mixq::bitwidth_of<AT>(), mixq::bitwidth_of<WT>()) ==
+                         mk::gemm_kernel::int8
+                     ? "int8_gemm"
+                     : mk::bitserial_gemm_kernel_name(p.gemm));
   if (what == part::total) {
     for (auto _ : state) {
       mk::bitserial_conv2d<AT>(x, w, std::span<std::int32_t>(out), p);
