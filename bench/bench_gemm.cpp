@@ -301,7 +301,7 @@ const bool registered = [] {
         big && w * a <= 4);
     apply_sizes(benchmark::RegisterBenchmark((name + "/threads2").c_str(), BM_bitserial_gemm, w, a,
                                              2, mk::best_isa()),
-                false);
+                false, true);
   }
   for (auto [w, a] : pairs) {
     const std::string tag = "/w" + std::to_string(w) + "a" + std::to_string(a);

@@ -121,6 +121,21 @@ TEST_CASE("int8_gemm and lowbit_gemm: every qtype pair, every path, extreme code
   CHECK(bad == 0);
 }
 
+TEST_CASE("int8_gemm and lowbit_gemm with K = 0 or no rows") {
+  for (auto [M, N] : {std::pair<std::size_t, std::size_t>{3, 4}, {0, 4}, {3, 0}}) {
+    const mixq::bitplane_matrix<mixq::qint<8>> A(M, 0);
+    const mixq::bitplane_matrix<mixq::qbinary> W(N, 0);
+    for (mk::isa path : supported_paths()) {
+      std::vector<std::int32_t> c(M * N, 5);
+      mk::int8_gemm(A, W, std::span<std::int32_t>(c), {1, path});
+      for (int v : c) CHECK(v == 0);
+      std::fill(c.begin(), c.end(), 5);
+      mk::lowbit_gemm(A, W, std::span<std::int32_t>(c), {1, path});
+      for (int v : c) CHECK(v == 0);
+    }
+  }
+}
+
 TEST_CASE("int8_gemm large K and two threads") {
   std::mt19937_64 rng(11);
   mk::set_num_threads(2);

@@ -208,7 +208,7 @@ inline aligned_vector<std::uint8_t> unpack_codes(const bitplane_view& v,
     }
     // Byte i of codes[b] is element 8 b + i (little-endian x86-64).
     std::uint8_t* dst = out.data() + r * kpad;
-    __builtin_memcpy(dst, codes.data(), K);
+    if (K != 0) __builtin_memcpy(dst, codes.data(), K);
     for (std::size_t k = 0; k < K; ++k) dst[k] = map[dst[k]];
   }
   return out;

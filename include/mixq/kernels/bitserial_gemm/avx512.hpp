@@ -82,20 +82,47 @@ MIXQ_AVX512_BITSERIAL_TARGET inline void bitserial_tile_avx512_vpopcntdq(
     }
   }
   // Fold: counts fit 32 bits; products and sums are taken modulo 2^32 (exact when C fits).
+  // The terms of one output (the planes of one A row x the planes of one 8-row W block that
+  // sit in this tile) are summed in registers first, so C is read and written once per output.
+  __m256i pend[NV];
+  int i0 = 0;
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i) {
     if (i >= mr) break;
+    const bool row_start = i == 0 || crow[i - 1] != crow[i];
+    const bool row_end = i + 1 >= mr || crow[i + 1] != crow[i];
+    if (row_start) i0 = i;
 #pragma GCC unroll 32
     for (int j = 0; j < NV; ++j) {
       if (j >= nv) break;
       const __m256i count = _mm512_maskz_cvtepi64_epi32(0xFF, acc[i][j]);
-      const __m256i weight = _mm256_set1_epi32(static_cast<int>(wa[i] * wv[j]));
+      const __m256i term =
+          _mm256_mullo_epi32(count, _mm256_set1_epi32(static_cast<int>(wa[i] * wv[j])));
+      pend[j] = row_start ? term : _mm256_add_epi32(pend[j], term);
+    }
+    if (!row_end) continue;
+    __m256i sum = _mm256_setzero_si256();
+    int j0 = 0;
+#pragma GCC unroll 32
+    for (int j = 0; j < NV; ++j) {
+      if (j >= nv) break;
+      const bool block_start = j == 0 || n0[j - 1] != n0[j];
+      const bool block_end = j + 1 >= nv || n0[j + 1] != n0[j];
+      if (block_start) j0 = j;
+      sum = block_start ? pend[j] : _mm256_add_epi32(sum, pend[j]);
+      if (!block_end) continue;
       std::uint32_t* c = crow[i] + n0[j];
-      __m256i term = _mm256_mullo_epi32(count, weight);
-      // The first term of an output (k block 0, plane 0 x plane 0) overwrites C.
-      if (!(store_first && a_first[i] && v_first[j]))
-        term = _mm256_add_epi32(term, _mm256_maskz_loadu_epi32(lanes[j], c));
-      _mm256_mask_storeu_epi32(c, lanes[j], term);
+      // The group holding plane 0 x plane 0 of k block 0 comes first: it overwrites C.
+      __m256i out = sum;
+      const bool overwrite = store_first && a_first[i0] && v_first[j0];
+      if (lanes[j] == 0xFF) {  // plain loads and stores where all 8 outputs exist
+        if (!overwrite)
+          out = _mm256_add_epi32(out, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(c), out);
+      } else {
+        if (!overwrite) out = _mm256_add_epi32(out, _mm256_maskz_loadu_epi32(lanes[j], c));
+        _mm256_mask_storeu_epi32(c, lanes[j], out);
+      }
     }
   }
 }
