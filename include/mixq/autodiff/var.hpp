@@ -80,7 +80,7 @@ class var {
   const shape_t& shape() const { return checked().value.shape(); }
   std::size_t size() const { return checked().value.size(); }
   /// The accumulated gradient (zeros of the value's shape if none has flowed yet).
-  ftensor& grad() { return checked().grad_buffer(); }
+  ftensor& grad() const { return checked().grad_buffer(); }
   bool has_grad() const { return checked().grad.shape() == checked().value.shape(); }
   bool requires_grad() const { return checked().requires_grad; }
   bool is_leaf() const { return checked().is_leaf; }
@@ -92,7 +92,7 @@ class var {
           detail::cat("item() needs a one-element var, got shape ", shape_string(shape())));
     return checked().value[0];
   }
-  void zero_grad() {
+  void zero_grad() const {
     if (n_ && n_->grad.size()) n_->grad.fill(0.0f);
   }
   node* get() const noexcept { return n_.get(); }
