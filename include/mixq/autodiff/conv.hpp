@@ -131,16 +131,23 @@ inline var conv2d(const var& x, const var& w, const var& b = var(), std::size_t 
         ftensor* gx = detail::parent_grad(self, 0);
         ftensor* gw = detail::parent_grad(self, 1);
         ftensor* gb = self.parents.size() > 2 ? detail::parent_grad(self, 2) : nullptr;
-        std::vector<float> col(gw && !direct ? CKK * P : 0), dcol(gx && !direct ? CKK * P : 0);
+        // dW uses col^T laid out explicitly (P x CKK) so both gemm operands stream rows.
+        std::vector<float> col(gw ? CKK * P : 0), colt(gw ? CKK * P : 0),
+            dcol(gx && !direct ? CKK * P : 0);
         for (std::size_t n = 0; n < g.N; ++n)
           for (std::size_t gr = 0; gr < groups; ++gr) {
             const std::size_t xoff = (n * g.C + gr * Cg) * g.H * g.W;
             const float* dy = G + (n * O + gr * Og) * P;
             if (gw) {
-              if (!direct) detail::im2col(px + xoff, Cg, g, col.data());
-              kernels::gemm_f32(transpose::no, transpose::yes, Og, CKK, P, 1.0f, dy, P,
-                                direct ? px + xoff : col.data(), P, 1.0f,
-                                gw->data() + gr * Og * CKK, CKK);
+              const float* c = px + xoff;
+              if (!direct) {
+                detail::im2col(px + xoff, Cg, g, col.data());
+                c = col.data();
+              }
+              for (std::size_t r = 0; r < CKK; ++r)
+                for (std::size_t p = 0; p < P; ++p) colt[p * CKK + r] = c[r * P + p];
+              kernels::gemm_f32(transpose::no, transpose::no, Og, CKK, P, 1.0f, dy, P, colt.data(),
+                                CKK, 1.0f, gw->data() + gr * Og * CKK, CKK);
             }
             if (gx) {
               if (direct) {
