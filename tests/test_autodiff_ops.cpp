@@ -401,3 +401,26 @@ TEST_CASE("graph mechanics: shared nodes, accumulation, no_grad, errors") {
   CHECK_THROWS_AS(var().value(), value_error);
   CHECK_THROWS_AS(x.item(), shape_error);
 }
+
+TEST_CASE("conv2d gives the same values and gradients on 1 and several threads") {
+  std::mt19937 rng(11);
+  const ftensor x = random_tensor({5, 4, 6, 6}, rng), w = random_tensor({6, 2, 3, 3}, rng),
+                b = random_tensor({6}, rng);
+  const unsigned saved = threads();
+  std::vector<ftensor> results;
+  for (unsigned t : {1u, 3u}) {
+    set_threads(t);
+    CHECK(threads() == t);
+    var xv = var::parameter(x), wv = var::parameter(w), bv = var::parameter(b);
+    const var y = conv2d(xv, wv, bv, 2, 1, 2);
+    backward(sum(mul(y, y)));
+    results.insert(results.end(), {y.value(), xv.grad(), wv.grad(), bv.grad()});
+  }
+  set_threads(saved);
+  for (std::size_t i = 0; i < 4; ++i)
+    for (std::size_t k = 0; k < results[i].size(); ++k)
+      CHECK(results[i][k] == doctest::Approx(results[i + 4][k]).epsilon(1e-5));
+  set_threads(0);
+  CHECK(threads() == 1);
+  set_threads(saved);
+}

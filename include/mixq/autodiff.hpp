@@ -4,4 +4,5 @@
 
 #include "mixq/autodiff/conv.hpp"
 #include "mixq/autodiff/ops.hpp"
+#include "mixq/autodiff/parallel.hpp"
 #include "mixq/autodiff/var.hpp"

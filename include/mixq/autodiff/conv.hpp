@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "mixq/autodiff/parallel.hpp"
 #include "mixq/autodiff/var.hpp"
 #include "mixq/kernels/gemm_f32.hpp"
 
@@ -106,21 +107,23 @@ inline var conv2d(const var& x, const var& w, const var& b = var(), std::size_t 
   const std::size_t P = g.Ho * g.Wo, CKK = Cg * g.kh * g.kw;
   const bool direct = g.kh == 1 && g.kw == 1 && stride == 1 && padding == 0;  // col == x
   ftensor y({g.N, O, g.Ho, g.Wo});
-  std::vector<float> col(direct ? 0 : CKK * P);
   const float *px = x.value().data(), *pw = w.value().data();
-  for (std::size_t n = 0; n < g.N; ++n)
-    for (std::size_t gr = 0; gr < groups; ++gr) {
-      const float* xin = px + (n * g.C + gr * Cg) * g.H * g.W;
-      if (!direct) detail::im2col(xin, Cg, g, col.data());
-      float* out = y.data() + (n * O + gr * Og) * P;
-      kernels::gemm_f32(transpose::no, transpose::no, Og, P, CKK, 1.0f, pw + gr * Og * CKK, CKK,
-                        direct ? xin : col.data(), P, 0.0f, out, P);
-      if (has_b)
-        for (std::size_t o = 0; o < Og; ++o) {
-          const float bv = b.value()[gr * Og + o];
-          for (std::size_t p = 0; p < P; ++p) out[o * P + p] += bv;
-        }
-    }
+  const float* pb = has_b ? b.value().data() : nullptr;
+  // Samples are split across threads; each chunk has its own im2col buffer.
+  detail::parallel_chunks(g.N, [&](std::size_t n0, std::size_t n1, unsigned) {
+    std::vector<float> col(direct ? 0 : CKK * P);
+    for (std::size_t n = n0; n < n1; ++n)
+      for (std::size_t gr = 0; gr < groups; ++gr) {
+        const float* xin = px + (n * g.C + gr * Cg) * g.H * g.W;
+        if (!direct) detail::im2col(xin, Cg, g, col.data());
+        float* out = y.data() + (n * O + gr * Og) * P;
+        kernels::gemm_f32(transpose::no, transpose::no, Og, P, CKK, 1.0f, pw + gr * Og * CKK, CKK,
+                          direct ? xin : col.data(), P, 0.0f, out, P);
+        if (pb)
+          for (std::size_t o = 0; o < Og; ++o)
+            for (std::size_t p = 0; p < P; ++p) out[o * P + p] += pb[gr * Og + o];
+      }
+  });
   std::vector<var> parents{x, w};
   if (has_b) parents.push_back(b);
   return detail::make_result(
@@ -131,41 +134,58 @@ inline var conv2d(const var& x, const var& w, const var& b = var(), std::size_t 
         ftensor* gx = detail::parent_grad(self, 0);
         ftensor* gw = detail::parent_grad(self, 1);
         ftensor* gb = self.parents.size() > 2 ? detail::parent_grad(self, 2) : nullptr;
-        // dW uses col^T laid out explicitly (P x CKK) so both gemm operands stream rows.
-        std::vector<float> col(gw ? CKK * P : 0), colt(gw ? CKK * P : 0),
-            dcol(gx && !direct ? CKK * P : 0);
-        for (std::size_t n = 0; n < g.N; ++n)
-          for (std::size_t gr = 0; gr < groups; ++gr) {
-            const std::size_t xoff = (n * g.C + gr * Cg) * g.H * g.W;
-            const float* dy = G + (n * O + gr * Og) * P;
-            if (gw) {
-              const float* c = px + xoff;
-              if (!direct) {
-                detail::im2col(px + xoff, Cg, g, col.data());
-                c = col.data();
-              }
-              for (std::size_t r = 0; r < CKK; ++r)
-                for (std::size_t p = 0; p < P; ++p) colt[p * CKK + r] = c[r * P + p];
-              kernels::gemm_f32(transpose::no, transpose::no, Og, CKK, P, 1.0f, dy, P, colt.data(),
-                                CKK, 1.0f, gw->data() + gr * Og * CKK, CKK);
-            }
-            if (gx) {
-              if (direct) {
-                kernels::gemm_f32(transpose::yes, transpose::no, CKK, P, Og, 1.0f,
-                                  pw + gr * Og * CKK, CKK, dy, P, 1.0f, gx->data() + xoff, P);
-              } else {
-                kernels::gemm_f32(transpose::yes, transpose::no, CKK, P, Og, 1.0f,
-                                  pw + gr * Og * CKK, CKK, dy, P, 0.0f, dcol.data(), P);
-                detail::col2im_add(dcol.data(), Cg, g, gx->data() + xoff);
-              }
-            }
-            if (gb)
-              for (std::size_t o = 0; o < Og; ++o) {
-                float s = 0;
-                for (std::size_t p = 0; p < P; ++p) s += dy[o * P + p];
-                (*gb)[gr * Og + o] += s;
-              }
-          }
+        // Samples split across threads: dx slices are disjoint; dW and db go to per-chunk
+        // partial sums added up afterwards.
+        const std::size_t wsize = self.parents[1]->value.size();
+        std::vector<std::vector<float>> dw_part(threads()), db_part(threads());
+        const unsigned used =
+            detail::parallel_chunks(g.N, [&](std::size_t n0, std::size_t n1, unsigned chunk) {
+              // dW uses col^T laid out explicitly (P x CKK) so both gemm operands stream rows.
+              std::vector<float> col(gw ? CKK * P : 0), colt(gw ? CKK * P : 0),
+                  dcol(gx && !direct ? CKK * P : 0);
+              std::vector<float>& dw = dw_part[chunk];
+              std::vector<float>& db = db_part[chunk];
+              if (gw) dw.assign(wsize, 0.0f);
+              if (gb) db.assign(O, 0.0f);
+              for (std::size_t n = n0; n < n1; ++n)
+                for (std::size_t gr = 0; gr < groups; ++gr) {
+                  const std::size_t xoff = (n * g.C + gr * Cg) * g.H * g.W;
+                  const float* dy = G + (n * O + gr * Og) * P;
+                  if (gw) {
+                    const float* c = px + xoff;
+                    if (!direct) {
+                      detail::im2col(px + xoff, Cg, g, col.data());
+                      c = col.data();
+                    }
+                    for (std::size_t r = 0; r < CKK; ++r)
+                      for (std::size_t p = 0; p < P; ++p) colt[p * CKK + r] = c[r * P + p];
+                    kernels::gemm_f32(transpose::no, transpose::no, Og, CKK, P, 1.0f, dy, P,
+                                      colt.data(), CKK, 1.0f, dw.data() + gr * Og * CKK, CKK);
+                  }
+                  if (gx) {
+                    if (direct) {
+                      kernels::gemm_f32(transpose::yes, transpose::no, CKK, P, Og, 1.0f,
+                                        pw + gr * Og * CKK, CKK, dy, P, 1.0f, gx->data() + xoff, P);
+                    } else {
+                      kernels::gemm_f32(transpose::yes, transpose::no, CKK, P, Og, 1.0f,
+                                        pw + gr * Og * CKK, CKK, dy, P, 0.0f, dcol.data(), P);
+                      detail::col2im_add(dcol.data(), Cg, g, gx->data() + xoff);
+                    }
+                  }
+                  if (gb)
+                    for (std::size_t o = 0; o < Og; ++o) {
+                      float s = 0;
+                      for (std::size_t p = 0; p < P; ++p) s += dy[o * P + p];
+                      db[gr * Og + o] += s;
+                    }
+                }
+            });
+        for (unsigned c = 0; c < used; ++c) {
+          if (gw)
+            for (std::size_t i = 0; i < wsize; ++i) (*gw)[i] += dw_part[c][i];
+          if (gb)
+            for (std::size_t o = 0; o < O; ++o) (*gb)[o] += db_part[c][o];
+        }
       });
 }
 
@@ -182,6 +202,25 @@ inline var max_pool2d(const var& x, std::size_t k, std::size_t stride = 0,
   const float* px = x.value().data();
   for (std::size_t nc = 0; nc < g.N * g.C; ++nc) {
     const float* plane = px + nc * g.H * g.W;
+    if (padding == 0) {  // every window lies inside the plane: no bounds checks
+      for (std::size_t oy = 0; oy < g.Ho; ++oy)
+        for (std::size_t ox = 0; ox < g.Wo; ++ox) {
+          std::size_t bi = oy * stride * g.W + ox * stride;
+          float best = plane[bi];
+          for (std::size_t i = 0; i < k; ++i)
+            for (std::size_t j = 0; j < k; ++j) {
+              const std::size_t at = (oy * stride + i) * g.W + ox * stride + j;
+              if (plane[at] > best) {
+                best = plane[at];
+                bi = at;
+              }
+            }
+          const std::size_t o = (nc * g.Ho + oy) * g.Wo + ox;
+          y[o] = best;
+          arg[o] = std::uint32_t(bi);
+        }
+      continue;
+    }
     for (std::size_t oy = 0; oy < g.Ho; ++oy)
       for (std::size_t ox = 0; ox < g.Wo; ++ox) {
         float best = -std::numeric_limits<float>::infinity();
