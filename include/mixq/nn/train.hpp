@@ -5,6 +5,7 @@
 #pragma once
 
 #include <unistd.h>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <functional>
