@@ -2,7 +2,7 @@
 // conv 1->32 3x3, BN, ReLU, max-pool, conv 32->64 3x3, BN, ReLU, max-pool, linear 3136->10;
 // SGD with Nesterov momentum, weight decay on conv/linear weights only, cosine schedule.
 //
-//   train_fashion_mnist [--epochs 4] [--batch 64] [--lr 0.05] [--seed 1]
+//   train_fashion_mnist [--epochs 4] [--batch 64] [--lr 0.01] [--seed 1]
 //                       [--data-dir /usr/share/datasets/fashion-mnist] [--save model.bin]
 #include <chrono>
 #include <cstdio>
@@ -48,7 +48,7 @@ void standardise(data::dataset& ds) {
 
 int main(int argc, char** argv) {
   std::size_t epochs = 4, batch = 64;
-  float lr = 0.05f;
+  float lr = 0.01f;
   unsigned seed = 1;
   std::string dir = data::fashion_mnist_default_dir, save;
   for (int i = 1; i < argc; ++i) {
