@@ -58,7 +58,8 @@ TEST_CASE("every qtype holds exactly its levels and round-trips its codes") {
   [&]<int... B>(std::integer_sequence<int, B...>) {
     (check_type<B + 1, false>(), ...);
     (check_type<B + 1, true>(), ...);
-  }(std::make_integer_sequence<int, 8>{});
+  }
+  (std::make_integer_sequence<int, 8>{});
 }
 
 TEST_CASE("dispatch maps runtime bit-widths onto the instantiations") {
@@ -66,20 +67,24 @@ TEST_CASE("dispatch maps runtime bit-widths onto the instantiations") {
     for (bool s : {false, true}) {
       const bitwidth bw{b, s};
       CAPTURE(bw.name());
-      const auto got = dispatch([](auto tag) {
-        using Q = typename decltype(tag)::type;
-        return bitwidth_of<Q>();
-      }, bw);
+      const auto got = dispatch(
+          [](auto tag) {
+            using Q = typename decltype(tag)::type;
+            return bitwidth_of<Q>();
+          },
+          bw);
       CHECK(got == bw);
     }
   // Pairs: every (a, w) combination reaches the matching pair of types.
   int calls = 0;
   for (int a = 1; a <= 8; ++a)
     for (int w = 1; w <= 8; ++w) {
-      const int prod = dispatch([&](auto ta, auto tw) {
-        ++calls;
-        return decltype(ta)::type::bits * 10 + decltype(tw)::type::bits;
-      }, bitwidth{a, true}, bitwidth{w, false});
+      const int prod = dispatch(
+          [&](auto ta, auto tw) {
+            ++calls;
+            return decltype(ta)::type::bits * 10 + decltype(tw)::type::bits;
+          },
+          bitwidth{a, true}, bitwidth{w, false});
       CHECK(prod == a * 10 + w);
     }
   CHECK(calls == 64);

@@ -11,8 +11,8 @@
 
 using namespace mixq;
 
-TEST_CASE_TEMPLATE("quantize saturates, and dequantize(quantize(x)) is within half a step",
-                   Q, MIXQ_ALL_QTYPES) {
+TEST_CASE_TEMPLATE("quantize saturates, and dequantize(quantize(x)) is within half a step", Q,
+                   MIXQ_ALL_QTYPES) {
   CAPTURE(bitwidth_of<Q>().name());
   std::mt19937 rng(17);
   std::uniform_real_distribution<float> u(-3.0f, 5.0f);
@@ -72,9 +72,9 @@ TEST_CASE("choose_params: zero is exact and the range maps onto the type") {
   p = choose_params<qint<8>>(0.0f, 0.0f, quant_scheme::symmetric);
   CHECK(p.scale[0] == 1.0f);
   CHECK_THROWS_AS(choose_params<qint<8>>(1.0f, -1.0f, quant_scheme::symmetric), value_error);
-  CHECK_THROWS_AS(choose_params<qint<8>>(0.0f, std::numeric_limits<float>::infinity(),
-                                         quant_scheme::symmetric),
-                  value_error);
+  CHECK_THROWS_AS(
+      choose_params<qint<8>>(0.0f, std::numeric_limits<float>::infinity(), quant_scheme::symmetric),
+      value_error);
 }
 
 TEST_CASE("per-channel params quantize each channel with its own scale") {
@@ -111,10 +111,9 @@ TEST_CASE("bad quant params raise value_error naming the problem") {
   CHECK_THROWS_AS(quantize<qint<4>>(x, quant_params::per_tensor(1.0f, -9)), value_error);
   CHECK_THROWS_AS(quantize<qbinary>(x, quant_params::per_tensor(1.0f, 1)), value_error);
   CHECK_THROWS_AS(quant_params::per_channel({1.0f, 2.0f}, {0}), value_error);
-  CHECK_THROWS_AS(
-      quantize<qint<4>>(std::vector<float>{std::numeric_limits<float>::quiet_NaN()},
-                        quant_params::per_tensor(1.0f)),
-      value_error);
+  CHECK_THROWS_AS(quantize<qint<4>>(std::vector<float>{std::numeric_limits<float>::quiet_NaN()},
+                                    quant_params::per_tensor(1.0f)),
+                  value_error);
   std::vector<std::int8_t> out(3);
   CHECK_THROWS_AS(quantize<qint<4>>(x, quant_params::per_tensor(1.0f), std::span(out)),
                   shape_error);

@@ -1,5 +1,8 @@
-// Umbrella header: everything mixq offers.
+// Umbrella header: everything mixq offers. mixq/data.hpp needs zlib (link mixq::data).
 #pragma once
 
+#include "mixq/autodiff.hpp"
 #include "mixq/core.hpp"
 #include "mixq/kernels.hpp"
+#include "mixq/data.hpp"
+#include "mixq/nn.hpp"

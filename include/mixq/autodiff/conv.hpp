@@ -1,0 +1,401 @@
+// Image ops on NCHW tensors: conv2d (stride, padding, groups; im2col + gemm_f32 both ways),
+// max/average pooling, global average pooling and batch normalisation (train and eval, with
+// running statistics), each with its backward beside the forward.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "mixq/autodiff/parallel.hpp"
+#include "mixq/autodiff/var.hpp"
+#include "mixq/kernels/gemm_f32.hpp"
+
+namespace mixq::autodiff {
+
+namespace detail {
+/// Geometry of one 2-D window op.
+struct window_geometry {
+  std::size_t N, C, H, W, kh, kw, stride, pad, Ho, Wo;
+};
+
+inline window_geometry make_window(const shape_t& x, std::size_t kh, std::size_t kw,
+                                   std::size_t stride, std::size_t pad, const char* op) {
+  if (x.size() != 4)
+    throw shape_error(cat(op, ": input must be [N, C, H, W], got ", shape_string(x)));
+  if (stride == 0) throw value_error(cat(op, ": stride must be >= 1"));
+  if (kh == 0 || kw == 0) throw shape_error(cat(op, ": kernel size must be >= 1"));
+  window_geometry g{x[0], x[1], x[2], x[3], kh, kw, stride, pad, 0, 0};
+  if (g.H + 2 * pad < kh || g.W + 2 * pad < kw)
+    throw shape_error(cat(op, ": kernel ", kh, "x", kw, " larger than padded input ", g.H + 2 * pad,
+                          "x", g.W + 2 * pad));
+  g.Ho = (g.H + 2 * pad - kh) / stride + 1;
+  g.Wo = (g.W + 2 * pad - kw) / stride + 1;
+  return g;
+}
+
+/// col[(c*kh + i)*kw + j][oy*Wo + ox] = x[c][oy*s - p + i][ox*s - p + j] (0 outside).
+inline void im2col(const float* x, std::size_t C, const window_geometry& g, float* col) {
+  const std::size_t P = g.Ho * g.Wo;
+  for (std::size_t c = 0; c < C; ++c)
+    for (std::size_t i = 0; i < g.kh; ++i)
+      for (std::size_t j = 0; j < g.kw; ++j) {
+        float* dst = col + ((c * g.kh + i) * g.kw + j) * P;
+        for (std::size_t oy = 0; oy < g.Ho; ++oy) {
+          const long iy = long(oy * g.stride + i) - long(g.pad);
+          float* d = dst + oy * g.Wo;
+          if (iy < 0 || iy >= long(g.H)) {
+            std::fill(d, d + g.Wo, 0.0f);
+            continue;
+          }
+          const float* src = x + (c * g.H + std::size_t(iy)) * g.W;
+          for (std::size_t ox = 0; ox < g.Wo; ++ox) {
+            const long ix = long(ox * g.stride + j) - long(g.pad);
+            d[ox] = ix >= 0 && ix < long(g.W) ? src[ix] : 0.0f;
+          }
+        }
+      }
+}
+
+/// The adjoint of im2col: adds every column entry back onto the input pixel it came from.
+inline void col2im_add(const float* col, std::size_t C, const window_geometry& g, float* x) {
+  const std::size_t P = g.Ho * g.Wo;
+  for (std::size_t c = 0; c < C; ++c)
+    for (std::size_t i = 0; i < g.kh; ++i)
+      for (std::size_t j = 0; j < g.kw; ++j) {
+        const float* src = col + ((c * g.kh + i) * g.kw + j) * P;
+        for (std::size_t oy = 0; oy < g.Ho; ++oy) {
+          const long iy = long(oy * g.stride + i) - long(g.pad);
+          if (iy < 0 || iy >= long(g.H)) continue;
+          float* dst = x + (c * g.H + std::size_t(iy)) * g.W;
+          const float* s = src + oy * g.Wo;
+          for (std::size_t ox = 0; ox < g.Wo; ++ox) {
+            const long ix = long(ox * g.stride + j) - long(g.pad);
+            if (ix >= 0 && ix < long(g.W)) dst[ix] += s[ox];
+          }
+        }
+      }
+}
+}  // namespace detail
+
+/// 2-D convolution (cross-correlation): x [N, C, H, W], w [O, C/groups, kh, kw], optional
+/// bias [O] -> [N, O, Ho, Wo]. Per sample and group: Y = W col(x); dW += dY col^T;
+/// dx = col2im(W^T dY); db = sum of dY over N, Ho, Wo. groups == C == O is depthwise.
+inline var conv2d(const var& x, const var& w, const var& b = var(), std::size_t stride = 1,
+                  std::size_t padding = 0, std::size_t groups = 1) {
+  using kernels::transpose;
+  if (w.shape().size() != 4)
+    throw shape_error(
+        detail::cat("conv2d: weight must be [O, C/groups, kh, kw], got ", shape_string(w.shape())));
+  const auto g =
+      detail::make_window(x.shape(), w.shape()[2], w.shape()[3], stride, padding, "conv2d");
+  const std::size_t O = w.shape()[0];
+  if (groups == 0 || g.C % groups || O % groups)
+    throw shape_error(detail::cat("conv2d: groups=", groups, " must divide input channels ", g.C,
+                                  " and output channels ", O));
+  const std::size_t Cg = g.C / groups, Og = O / groups;
+  if (w.shape()[1] != Cg)
+    throw shape_error(detail::cat("conv2d: weight ", shape_string(w.shape()), " has ", w.shape()[1],
+                                  " input channels per group, expected ", Cg, " (input channels ",
+                                  g.C, " / groups ", groups, ")"));
+  const bool has_b = b.defined();
+  if (has_b && (b.shape().size() != 1 || b.shape()[0] != O))
+    throw shape_error(
+        detail::cat("conv2d: bias has shape ", shape_string(b.shape()), ", expected [", O, "]"));
+  const std::size_t P = g.Ho * g.Wo, CKK = Cg * g.kh * g.kw;
+  const bool direct = g.kh == 1 && g.kw == 1 && stride == 1 && padding == 0;  // col == x
+  ftensor y({g.N, O, g.Ho, g.Wo});
+  const float *px = x.value().data(), *pw = w.value().data();
+  const float* pb = has_b ? b.value().data() : nullptr;
+  // Samples are split across threads; each chunk has its own im2col buffer.
+  detail::parallel_chunks(g.N, [&](std::size_t n0, std::size_t n1, unsigned) {
+    std::vector<float> col(direct ? 0 : CKK * P);
+    for (std::size_t n = n0; n < n1; ++n)
+      for (std::size_t gr = 0; gr < groups; ++gr) {
+        const float* xin = px + (n * g.C + gr * Cg) * g.H * g.W;
+        if (!direct) detail::im2col(xin, Cg, g, col.data());
+        float* out = y.data() + (n * O + gr * Og) * P;
+        kernels::gemm_f32(transpose::no, transpose::no, Og, P, CKK, 1.0f, pw + gr * Og * CKK, CKK,
+                          direct ? xin : col.data(), P, 0.0f, out, P);
+        if (pb)
+          for (std::size_t o = 0; o < Og; ++o)
+            for (std::size_t p = 0; p < P; ++p) out[o * P + p] += pb[gr * Og + o];
+      }
+  });
+  std::vector<var> parents{x, w};
+  if (has_b) parents.push_back(b);
+  return detail::make_result(
+      std::move(y), std::move(parents), "conv2d",
+      [g, groups, Cg, Og, O, P, CKK, direct](node& self) {
+        const float *px = self.parents[0]->value.data(), *pw = self.parents[1]->value.data();
+        const float* G = self.grad.data();
+        ftensor* gx = detail::parent_grad(self, 0);
+        ftensor* gw = detail::parent_grad(self, 1);
+        ftensor* gb = self.parents.size() > 2 ? detail::parent_grad(self, 2) : nullptr;
+        // Samples split across threads: dx slices are disjoint; dW and db go to per-chunk
+        // partial sums added up afterwards.
+        const std::size_t wsize = self.parents[1]->value.size();
+        std::vector<std::vector<float>> dw_part(threads()), db_part(threads());
+        const unsigned used =
+            detail::parallel_chunks(g.N, [&](std::size_t n0, std::size_t n1, unsigned chunk) {
+              // dW uses col^T laid out explicitly (P x CKK) so both gemm operands stream rows.
+              std::vector<float> col(gw ? CKK * P : 0), colt(gw ? CKK * P : 0),
+                  dcol(gx && !direct ? CKK * P : 0);
+              std::vector<float>& dw = dw_part[chunk];
+              std::vector<float>& db = db_part[chunk];
+              if (gw) dw.assign(wsize, 0.0f);
+              if (gb) db.assign(O, 0.0f);
+              for (std::size_t n = n0; n < n1; ++n)
+                for (std::size_t gr = 0; gr < groups; ++gr) {
+                  const std::size_t xoff = (n * g.C + gr * Cg) * g.H * g.W;
+                  const float* dy = G + (n * O + gr * Og) * P;
+                  if (gw) {
+                    const float* c = px + xoff;
+                    if (!direct) {
+                      detail::im2col(px + xoff, Cg, g, col.data());
+                      c = col.data();
+                    }
+                    for (std::size_t r = 0; r < CKK; ++r)
+                      for (std::size_t p = 0; p < P; ++p) colt[p * CKK + r] = c[r * P + p];
+                    kernels::gemm_f32(transpose::no, transpose::no, Og, CKK, P, 1.0f, dy, P,
+                                      colt.data(), CKK, 1.0f, dw.data() + gr * Og * CKK, CKK);
+                  }
+                  if (gx) {
+                    if (direct) {
+                      kernels::gemm_f32(transpose::yes, transpose::no, CKK, P, Og, 1.0f,
+                                        pw + gr * Og * CKK, CKK, dy, P, 1.0f, gx->data() + xoff, P);
+                    } else {
+                      kernels::gemm_f32(transpose::yes, transpose::no, CKK, P, Og, 1.0f,
+                                        pw + gr * Og * CKK, CKK, dy, P, 0.0f, dcol.data(), P);
+                      detail::col2im_add(dcol.data(), Cg, g, gx->data() + xoff);
+                    }
+                  }
+                  if (gb)
+                    for (std::size_t o = 0; o < Og; ++o) {
+                      float s = 0;
+                      for (std::size_t p = 0; p < P; ++p) s += dy[o * P + p];
+                      db[gr * Og + o] += s;
+                    }
+                }
+            });
+        for (unsigned c = 0; c < used; ++c) {
+          if (gw)
+            for (std::size_t i = 0; i < wsize; ++i) (*gw)[i] += dw_part[c][i];
+          if (gb)
+            for (std::size_t o = 0; o < O; ++o) (*gb)[o] += db_part[c][o];
+        }
+      });
+}
+
+/// Max pooling with a k x k window (stride defaults to k, no padding). The gradient goes to
+/// the first maximal element of each window.
+inline var max_pool2d(const var& x, std::size_t k, std::size_t stride = 0,
+                      std::size_t padding = 0) {
+  if (stride == 0) stride = k;
+  const auto g = detail::make_window(x.shape(), k, k, stride, padding, "max_pool2d");
+  if (padding * 2 > k)
+    throw shape_error(detail::cat("max_pool2d: padding ", padding, " exceeds half the window ", k));
+  ftensor y({g.N, g.C, g.Ho, g.Wo});
+  std::vector<std::uint32_t> arg(y.size());
+  const float* px = x.value().data();
+  for (std::size_t nc = 0; nc < g.N * g.C; ++nc) {
+    const float* plane = px + nc * g.H * g.W;
+    if (padding == 0) {  // every window lies inside the plane: no bounds checks
+      for (std::size_t oy = 0; oy < g.Ho; ++oy)
+        for (std::size_t ox = 0; ox < g.Wo; ++ox) {
+          std::size_t bi = oy * stride * g.W + ox * stride;
+          float best = plane[bi];
+          for (std::size_t i = 0; i < k; ++i)
+            for (std::size_t j = 0; j < k; ++j) {
+              const std::size_t at = (oy * stride + i) * g.W + ox * stride + j;
+              if (plane[at] > best) {
+                best = plane[at];
+                bi = at;
+              }
+            }
+          const std::size_t o = (nc * g.Ho + oy) * g.Wo + ox;
+          y[o] = best;
+          arg[o] = std::uint32_t(bi);
+        }
+      continue;
+    }
+    for (std::size_t oy = 0; oy < g.Ho; ++oy)
+      for (std::size_t ox = 0; ox < g.Wo; ++ox) {
+        float best = -std::numeric_limits<float>::infinity();
+        std::uint32_t bi = 0;
+        bool found = false;
+        for (std::size_t i = 0; i < k; ++i) {
+          const long iy = long(oy * stride + i) - long(padding);
+          if (iy < 0 || iy >= long(g.H)) continue;
+          for (std::size_t j = 0; j < k; ++j) {
+            const long ix = long(ox * stride + j) - long(padding);
+            if (ix < 0 || ix >= long(g.W)) continue;
+            const std::size_t at = std::size_t(iy) * g.W + std::size_t(ix);
+            if (!found || plane[at] > best) {
+              best = plane[at];
+              bi = std::uint32_t(at);
+              found = true;
+            }
+          }
+        }
+        const std::size_t o = (nc * g.Ho + oy) * g.Wo + ox;
+        y[o] = best;
+        arg[o] = bi;
+      }
+  }
+  return detail::make_result(std::move(y), {x}, "max_pool2d", [g, arg](node& self) {
+    ftensor* gx = detail::parent_grad(self, 0);
+    if (!gx) return;
+    const std::size_t per = g.Ho * g.Wo;
+    for (std::size_t o = 0; o < self.grad.size(); ++o)
+      (*gx)[(o / per) * g.H * g.W + arg[o]] += self.grad[o];
+  });
+}
+
+/// Average pooling with a k x k window (stride defaults to k); padded cells count as zeros
+/// in the average (divisor k*k). dx = dy / (k*k) on every cell of the window.
+inline var avg_pool2d(const var& x, std::size_t k, std::size_t stride = 0,
+                      std::size_t padding = 0) {
+  if (stride == 0) stride = k;
+  const auto g = detail::make_window(x.shape(), k, k, stride, padding, "avg_pool2d");
+  ftensor y({g.N, g.C, g.Ho, g.Wo}, 0.0f);
+  const float inv = 1.0f / float(k * k);
+  auto each = [g, k, stride, padding](auto&& f) {
+    for (std::size_t nc = 0; nc < g.N * g.C; ++nc)
+      for (std::size_t oy = 0; oy < g.Ho; ++oy)
+        for (std::size_t ox = 0; ox < g.Wo; ++ox)
+          for (std::size_t i = 0; i < k; ++i) {
+            const long iy = long(oy * stride + i) - long(padding);
+            if (iy < 0 || iy >= long(g.H)) continue;
+            for (std::size_t j = 0; j < k; ++j) {
+              const long ix = long(ox * stride + j) - long(padding);
+              if (ix < 0 || ix >= long(g.W)) continue;
+              f((nc * g.Ho + oy) * g.Wo + ox, (nc * g.H + std::size_t(iy)) * g.W + std::size_t(ix));
+            }
+          }
+  };
+  const float* px = x.value().data();
+  each([&](std::size_t o, std::size_t i) { y[o] += px[i] * inv; });
+  return detail::make_result(std::move(y), {x}, "avg_pool2d", [each, inv](node& self) {
+    ftensor* gx = detail::parent_grad(self, 0);
+    if (!gx) return;
+    each([&](std::size_t o, std::size_t i) { (*gx)[i] += self.grad[o] * inv; });
+  });
+}
+
+/// [N, C, H, W] -> [N, C]: the mean over each channel's plane.
+inline var global_avg_pool2d(const var& x) {
+  if (x.shape().size() != 4)
+    throw shape_error(detail::cat("global_avg_pool2d: input must be [N, C, H, W], got ",
+                                  shape_string(x.shape())));
+  const std::size_t N = x.shape()[0], C = x.shape()[1], HW = x.shape()[2] * x.shape()[3];
+  if (HW == 0) throw shape_error("global_avg_pool2d: empty spatial plane");
+  ftensor y({N, C});
+  const float* px = x.value().data();
+  for (std::size_t i = 0; i < N * C; ++i) {
+    float s = 0;
+    for (std::size_t p = 0; p < HW; ++p) s += px[i * HW + p];
+    y[i] = s / float(HW);
+  }
+  return detail::make_result(std::move(y), {x}, "global_avg_pool2d", [HW](node& self) {
+    ftensor* gx = detail::parent_grad(self, 0);
+    if (!gx) return;
+    for (std::size_t i = 0; i < self.grad.size(); ++i)
+      for (std::size_t p = 0; p < HW; ++p) (*gx)[i * HW + p] += self.grad[i] / float(HW);
+  });
+}
+
+/// Batch normalisation over the channel axis 1 of [N, C] or [N, C, H, W] with scale gamma [C]
+/// and shift beta [C]. Training: batch mean and biased variance normalise; the running
+/// statistics move by `momentum` toward the batch mean and unbiased variance. Eval: the
+/// running statistics normalise. Training backward, with xh = (x - mean) * istd and m values
+/// per channel: dx = istd / m * (m * dxh - sum(dxh) - xh * sum(dxh * xh)), dxh = dy * gamma.
+inline var batch_norm(const var& x, const var& gamma, const var& beta, ftensor& running_mean,
+                      ftensor& running_var, bool training, float momentum = 0.1f,
+                      float eps = 1e-5f) {
+  const shape_t& s = x.shape();
+  if (s.size() != 2 && s.size() != 4)
+    throw shape_error(
+        detail::cat("batch_norm: input must be [N, C] or [N, C, H, W], got ", shape_string(s)));
+  const std::size_t N = s[0], C = s[1], HW = s.size() == 4 ? s[2] * s[3] : 1;
+  const shape_t cs{C};
+  expect_shape(gamma.value(), cs, "batch_norm gamma");
+  expect_shape(beta.value(), cs, "batch_norm beta");
+  expect_shape(running_mean, cs, "batch_norm running mean");
+  expect_shape(running_var, cs, "batch_norm running variance");
+  const std::size_t m = N * HW;
+  if (training && m < 2)
+    throw shape_error(
+        detail::cat("batch_norm: training needs more than one value per channel, "
+                    "got input ",
+                    shape_string(s)));
+  std::vector<float> mu(C), istd(C);
+  const float* px = x.value().data();
+  for (std::size_t c = 0; c < C; ++c) {
+    if (training) {
+      double s1 = 0, s2 = 0;
+      for (std::size_t n = 0; n < N; ++n) {
+        const float* p = px + (n * C + c) * HW;
+        for (std::size_t i = 0; i < HW; ++i) s1 += p[i];
+      }
+      const double mean = s1 / double(m);
+      for (std::size_t n = 0; n < N; ++n) {
+        const float* p = px + (n * C + c) * HW;
+        for (std::size_t i = 0; i < HW; ++i) s2 += (p[i] - mean) * (p[i] - mean);
+      }
+      const double var = s2 / double(m);
+      mu[c] = float(mean);
+      istd[c] = float(1.0 / std::sqrt(var + eps));
+      running_mean[c] = (1 - momentum) * running_mean[c] + momentum * float(mean);
+      running_var[c] = (1 - momentum) * running_var[c] + momentum * float(s2 / double(m - 1));
+    } else {
+      mu[c] = running_mean[c];
+      istd[c] = 1.0f / std::sqrt(running_var[c] + eps);
+    }
+  }
+  ftensor y(s);
+  const float *pg = gamma.value().data(), *pb = beta.value().data();
+  for (std::size_t n = 0; n < N; ++n)
+    for (std::size_t c = 0; c < C; ++c) {
+      const float a = pg[c] * istd[c], b0 = pb[c] - mu[c] * a;
+      const float* p = px + (n * C + c) * HW;
+      float* q = y.data() + (n * C + c) * HW;
+      for (std::size_t i = 0; i < HW; ++i) q[i] = p[i] * a + b0;
+    }
+  return detail::make_result(
+      std::move(y), {x, gamma, beta}, "batch_norm",
+      [N, C, HW, m, mu = std::move(mu), istd = std::move(istd), training](node& self) {
+        const float *px = self.parents[0]->value.data(), *pg = self.parents[1]->value.data();
+        const float* G = self.grad.data();
+        ftensor* gx = detail::parent_grad(self, 0);
+        ftensor* gg = detail::parent_grad(self, 1);
+        ftensor* gb = detail::parent_grad(self, 2);
+        for (std::size_t c = 0; c < C; ++c) {
+          float sdy = 0, sdyxh = 0;  // sum(dy), sum(dy * xh)
+          for (std::size_t n = 0; n < N; ++n) {
+            const float *p = px + (n * C + c) * HW, *d = G + (n * C + c) * HW;
+            for (std::size_t i = 0; i < HW; ++i) {
+              sdy += d[i];
+              sdyxh += d[i] * (p[i] - mu[c]) * istd[c];
+            }
+          }
+          if (gg) (*gg)[c] += sdyxh;
+          if (gb) (*gb)[c] += sdy;
+          if (!gx) continue;
+          const float k = pg[c] * istd[c];
+          // In eval mode the statistics are constants: dx = dy * gamma * istd.
+          const float mdy = training ? sdy / float(m) : 0.0f,
+                      mdyxh = training ? sdyxh / float(m) : 0.0f;
+          for (std::size_t n = 0; n < N; ++n) {
+            const float *p = px + (n * C + c) * HW, *d = G + (n * C + c) * HW;
+            float* q = gx->data() + (n * C + c) * HW;
+            for (std::size_t i = 0; i < HW; ++i)
+              q[i] += k * (d[i] - mdy - (p[i] - mu[c]) * istd[c] * mdyxh);
+          }
+        }
+      });
+}
+
+}  // namespace mixq::autodiff
