@@ -535,6 +535,15 @@ TEST_CASE("OMPQ budget-matching rounding equals enumeration") {
   CHECK(r.target == doctest::Approx(lp.cost));
   CHECK(r.total <= p.budgets[0]);
 
+  // A node limit ends the search early and says so; the bits stay floor/ceil choices in budget.
+  const std::vector<double> xs{4.3, 5.7, 6.2, 7.9, 4.4, 5.5}, cs{1.1, 0.7, 2.3, 0.4, 1.9, 0.8};
+  const auto cut = ompq_budget_matching_rounding(xs, cs, 2);
+  CHECK_FALSE(cut.exhaustive);
+  CHECK(cut.total <= cut.target + 1e-9);
+  for (std::size_t i = 0; i < xs.size(); ++i)
+    CHECK((cut.bits[i] == int(std::floor(xs[i])) || cut.bits[i] == int(std::ceil(xs[i]))));
+  CHECK(ompq_budget_matching_rounding(xs, cs).exhaustive);
+
   CHECK_THROWS_AS(ompq_budget_matching_rounding(std::vector<double>{3.5}, std::vector<double>{}),
                   mixq::shape_error);
   CHECK_THROWS_AS(ompq_budget_matching_rounding(std::vector<double>{9.5}, std::vector<double>{1}),

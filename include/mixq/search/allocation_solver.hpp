@@ -487,9 +487,11 @@ struct budget_matching_result {
 /// OMPQ's discretisation (official `DFS_bit`, §5 (5)): each unit takes floor or ceil of its
 /// real bit-width; among all 2^L combinations return one whose total cost sum b_i * P_i is
 /// <= the continuous total sum x_i * P_i and closest to it. The objective plays no part.
-/// Depth-first with ceil tried before floor; ties go to the first found. Pruned exactly: a
-/// subtree is skipped when even all its ceilings cannot beat the best total, and completed
-/// at once when all its ceilings fit.
+/// Depth-first over the units in decreasing (ceil - floor) * P order, ceil tried before floor;
+/// ties go to the first found. Pruned exactly: a subtree is skipped when even all its
+/// ceilings cannot beat the best total, and completed at once when all its ceilings fit; the
+/// search stops early on an exact match. Worst case exponential (a subset-sum): after
+/// `max_nodes` nodes it returns the best found with `exhaustive = false`.
 inline budget_matching_result ompq_budget_matching_rounding(std::span<const double> real_bits,
                                                             std::span<const double> unit_cost,
                                                             std::uint64_t max_nodes = 100'000'000) {
@@ -513,37 +515,46 @@ inline budget_matching_result ompq_budget_matching_rounding(std::span<const doub
     cost_scale += 8.0 * unit_cost[i];
   }
   const double slack = 1e-12 * cost_scale;
+  // Visit units with the largest ceil-floor cost step first: the usual subset-sum order, so
+  // the coarse decisions come first and the bounds prune early.
+  std::vector<std::size_t> order(n);
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return (hi[a] - lo[a]) * unit_cost[a] > (hi[b] - lo[b]) * unit_cost[b];
+  });
   std::vector<double> suffix_lo(n + 1, 0.0), suffix_hi(n + 1, 0.0);
-  for (std::size_t i = n; i-- > 0;) {
-    suffix_lo[i] = suffix_lo[i + 1] + lo[i] * unit_cost[i];
-    suffix_hi[i] = suffix_hi[i + 1] + hi[i] * unit_cost[i];
+  for (std::size_t q = n; q-- > 0;) {
+    const std::size_t i = order[q];
+    suffix_lo[q] = suffix_lo[q + 1] + lo[i] * unit_cost[i];
+    suffix_hi[q] = suffix_hi[q + 1] + hi[i] * unit_cost[i];
   }
   std::vector<int> cur(n);
   double best = -1;
   std::uint64_t nodes = 0;
   bool done = false;
-  auto dfs = [&](auto&& self, std::size_t i, double total) -> void {
+  auto dfs = [&](auto&& self, std::size_t q, double total) -> void {
     if (done) return;
     if (++nodes > max_nodes) {
       r.exhaustive = false;
       done = true;
       return;
     }
-    if (total + suffix_lo[i] > r.target + slack) return;  // cannot fit
-    if (total + suffix_hi[i] <= best) return;             // cannot beat the best
-    if (total + suffix_hi[i] <= r.target + slack) {       // all ceilings fit: best here
-      for (std::size_t q = i; q < n; ++q) cur[q] = hi[q];
-      best = total + suffix_hi[i];
+    if (total + suffix_lo[q] > r.target + slack) return;  // cannot fit
+    if (total + suffix_hi[q] <= best) return;             // cannot beat the best
+    if (total + suffix_hi[q] <= r.target + slack) {       // all ceilings fit: best here
+      for (std::size_t z = q; z < n; ++z) cur[order[z]] = hi[order[z]];
+      best = total + suffix_hi[q];
       r.bits = cur;
       if (best >= r.target - slack) done = true;  // matches the target exactly
       return;
     }
-    // Here some unit in [i, n) has hi > lo (otherwise the suffixes would be equal).
+    // Here some unit at or after q has hi > lo (otherwise the suffixes would be equal).
+    const std::size_t i = order[q];
     cur[i] = hi[i];
-    self(self, i + 1, total + hi[i] * unit_cost[i]);
+    self(self, q + 1, total + hi[i] * unit_cost[i]);
     if (hi[i] != lo[i]) {
       cur[i] = lo[i];
-      self(self, i + 1, total + lo[i] * unit_cost[i]);
+      self(self, q + 1, total + lo[i] * unit_cost[i]);
     }
   };
   dfs(dfs, 0, 0.0);
