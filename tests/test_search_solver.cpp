@@ -553,3 +553,46 @@ TEST_CASE("OMPQ budget-matching rounding equals enumeration") {
   CHECK_THROWS_AS(ompq_budget_matching_rounding(std::vector<double>{3.5}, std::vector<double>{-1}),
                   mixq::value_error);
 }
+
+TEST_CASE("bit-allocation problems built from a model agree with the cost model") {
+  const auto m = resnet18();
+  const std::vector<bit_pair> cand{{2, 4}, {4, 4}, {6, 8}, {8, 8}};
+  const std::vector<cost_metric> metrics{cost_metric::size_bits, cost_metric::bitops};
+  std::mt19937 rng(23);
+  std::uniform_real_distribution<double> u(0.1, 5.0);
+  std::vector<double> sens(m.size());
+  for (auto& x : sens) x = u(rng);
+  auto value_of = [&](std::size_t i, bit_pair c) {
+    return -sens[i] * (std::pow(4.0, -c.w) + std::pow(4.0, -c.a));
+  };
+  for (const auto& conv :
+       {cost_conventions::hawq_v3(), cost_conventions::fracbits(), cost_conventions::edmips()}) {
+    const auto lo = evaluate(m, bit_config::uniform(m.size(), 2, 4), conv);
+    const auto hi = evaluate(m, bit_config::uniform(m.size(), 8, 8), conv);
+    const std::vector<double> budgets{0.5 * (lo.size_bits + hi.size_bits),
+                                      0.4 * (lo.bitops + hi.bitops)};
+    const auto p = make_bit_allocation_problem(m, cand, metrics, budgets, value_of, conv);
+    REQUIRE(p.layers.size() == m.size());
+    CHECK(p.tied_layers == m.shared_input_groups);
+    const auto sol = solve_allocation(p);
+    CHECK(sol.proven_optimal);
+    const auto cfg = to_bit_config(cand, sol.choice);
+    const auto r = evaluate(m, cfg, conv);
+    CHECK(r.size_bits == doctest::Approx(sol.cost[0]).epsilon(1e-12));
+    CHECK(r.bitops == doctest::Approx(sol.cost[1]).epsilon(1e-12));
+    CHECK(r.size_bits <= budgets[0]);
+    CHECK(r.bitops <= budgets[1]);
+    for (const auto& g : m.shared_input_groups) CHECK(cfg.a_bits[g[0]] == cfg.a_bits[g[1]]);
+    // Smallest feasible size: every layer at its cheapest candidate = the uniform (2,4) model.
+    const std::vector<double> too_small{lo.size_bits - 1, hi.bitops};
+    CHECK_THROWS_AS(
+        solve_allocation(make_bit_allocation_problem(m, cand, metrics, too_small, value_of, conv)),
+        mixq::budget_error);
+  }
+  const std::vector<bit_pair> bad{{0, 4}};
+  CHECK_THROWS_AS(make_bit_allocation_problem(m, bad, metrics, std::vector<double>{1, 1}, value_of),
+                  mixq::bits_error);
+  CHECK_THROWS_AS(make_bit_allocation_problem(m, cand, metrics, std::vector<double>{1}, value_of),
+                  mixq::shape_error);
+  CHECK_THROWS_AS(to_bit_config(cand, std::vector<std::size_t>{0, 4}), mixq::shape_error);
+}

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "mixq/core/error.hpp"
+#include "mixq/search/cost.hpp"
 
 namespace mixq::search {
 
@@ -69,7 +70,8 @@ struct allocation_solution {
 
 struct allocation_solver_options {
   std::uint64_t max_nodes = 200'000'000;  // stop (not proven optimal) after this many nodes
-  double relative_tolerance = 1e-9;       // feasibility and pruning slack, relative to scale
+  double relative_tolerance = 1e-12;      // feasibility and pruning slack, relative to the scale
+                                          // (layers x largest cost or value): rounding only
 };
 
 namespace detail {
@@ -562,6 +564,68 @@ inline budget_matching_result ompq_budget_matching_rounding(std::span<const doub
   r.total = 0;
   for (std::size_t i = 0; i < n; ++i) r.total += r.bits[i] * unit_cost[i];
   return r;
+}
+
+/// The bit-allocation problem of a model: for every layer one option per candidate (w, a) pair,
+/// valued by `value_of(layer_index, candidate)` (e.g. minus a sensitivity), costed under each
+/// metric with the model's conventions (a fixed edge layer costs the same for every candidate;
+/// an uncounted one costs 0). With `tie_shared_inputs`, layers reading the same tensor (the
+/// model's shared_input_groups) must choose the same candidate, which keeps their activation
+/// bits equal. Solve it, then turn the choice into a bit_config with to_bit_config().
+template <class ValueFn>
+allocation_problem make_bit_allocation_problem(const model_desc& model,
+                                               std::span<const bit_pair> candidates,
+                                               std::span<const cost_metric> metrics,
+                                               std::span<const double> budgets, ValueFn&& value_of,
+                                               const cost_conventions& conv = {},
+                                               bool tie_shared_inputs = true) {
+  if (candidates.empty())
+    throw shape_error("make_bit_allocation_problem: no candidate bit pairs; expected >= 1");
+  if (metrics.size() != budgets.size() || metrics.empty())
+    throw shape_error(detail::cat("make_bit_allocation_problem: ", metrics.size(), " metrics and ",
+                                  budgets.size(), " budgets; expected equal, non-zero counts"));
+  for (const auto& c : candidates)
+    if (c.w < 1 || c.w > 8 || c.a < 1 || c.a > 8)
+      throw bits_error(detail::cat("make_bit_allocation_problem: candidate (w=", c.w, ", a=", c.a,
+                                   "); expected bits 1..8"));
+  detail::check_conventions(conv);
+  const std::size_t n = model.size();
+  allocation_problem p;
+  p.budgets.assign(budgets.begin(), budgets.end());
+  for (std::size_t i = 0; i < n; ++i) {
+    std::vector<allocation_option> layer;
+    for (const auto& c : candidates) {
+      const auto e = detail::effective(conv, i, n, c.w, c.a);
+      allocation_option o;
+      o.value = double(value_of(i, c));
+      for (auto metric : metrics) {
+        double cost = 0;
+        if (e.counted)
+          cost = metric == cost_metric::bitops ? layer_bitops(model.layers[i], e.w, e.a)
+                                               : layer_size_bits(model.layers[i], e.w) +
+                                                     detail::extra_bits(conv, model.layers[i]);
+        o.cost.push_back(cost);
+      }
+      layer.push_back(std::move(o));
+    }
+    p.layers.push_back(std::move(layer));
+  }
+  if (tie_shared_inputs) p.tied_layers = model.shared_input_groups;
+  return p;
+}
+
+/// The bit_config of a solved make_bit_allocation_problem: layer i takes candidates[choice[i]].
+inline bit_config to_bit_config(std::span<const bit_pair> candidates,
+                                std::span<const std::size_t> choice) {
+  bit_config c;
+  for (std::size_t i = 0; i < choice.size(); ++i) {
+    if (choice[i] >= candidates.size())
+      throw shape_error(detail::cat("to_bit_config: choice ", choice[i], " of layer ", i,
+                                    "; expected < ", candidates.size()));
+    c.w_bits.push_back(candidates[choice[i]].w);
+    c.a_bits.push_back(candidates[choice[i]].a);
+  }
+  return c;
 }
 
 }  // namespace mixq::search
