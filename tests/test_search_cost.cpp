@@ -233,13 +233,24 @@ TEST_CASE("evaluate sums the per-layer formulas; extras and units") {
     CHECK(r.size_bits == doctest::Approx(sz).epsilon(1e-12));
     CHECK(r.size == doctest::Approx(sz / (conv.unit == size_unit::mb ? 8e6 : 8388608.0)));
     CHECK(r.macs == m.macs());
+    CHECK(r.compute_compression_vs_fp32() == doctest::Approx(1024.0 * double(m.macs()) / ops));
+    if (!conv.count_bias && !conv.count_bn && t % 5 != 0) {
+      double wbits = 0;
+      for (std::size_t i = 0; i < m.size(); ++i)
+        wbits += double(m.layers[i].params) * cfg.w_bits[i];
+      CHECK(r.size_compression_vs_fp32() ==
+            doctest::Approx(32.0 * double(m.weight_params()) / wbits));
+    }
   }
+  // Uniform W4A4 everywhere: 8x smaller weights, 64x less compute than 32-bit.
+  const auto w4 = evaluate(m, bit_config::uniform(m.size(), 4, 4));
+  CHECK(w4.size_compression_vs_fp32() == doctest::Approx(8.0));
+  CHECK(w4.compute_compression_vs_fp32() == doctest::Approx(64.0));
   // Full precision, every parameter at 32 bits: torchvision count x 4 bytes = 44.59 MiB (§9.3).
   cost_conventions fp;
   fp.first_layer = fp.last_layer = {true, 32, 32};
   fp.count_bias = fp.count_bn = true;
   auto cfg = bit_config::uniform(m.size(), 8, 8);
-  // Middle layers at 32 bits too: override through a model-wide rule is not offered, so sum.
   const double bits32 = double(m.total_params()) * 32.0;
   CHECK(matches_printed(bits32 / 8388608.0, 44.59, 2));
   CHECK(evaluate(m, cfg, fp).bitops ==

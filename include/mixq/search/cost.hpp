@@ -222,6 +222,10 @@ struct cost_report {
   double size_bits = 0;
   double size = 0;  // size_bits in the convention's unit
   double gbitops() const { return bitops * 1e-9; }
+  /// DNAS-style compression ratios of the counted layers against a 32-bit model: weight bits
+  /// (32 * params / size_bits) and compute (32 * 32 * MACs / BitOps).
+  double size_compression_vs_fp32() const { return 32.0 * double(params) / size_bits; }
+  double compute_compression_vs_fp32() const { return 1024.0 * double(macs) / bitops; }
 };
 
 namespace detail {
