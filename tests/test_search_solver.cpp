@@ -534,6 +534,15 @@ TEST_CASE("OMPQ budget-matching rounding equals enumeration") {
   const auto r = ompq_budget_matching_rounding(real_bits, params);
   CHECK(r.target == doctest::Approx(lp.cost));
   CHECK(r.total <= p.budgets[0]);
+  for (std::size_t i = 0; i < real_bits.size(); ++i) {
+    double b = 0;
+    for (std::size_t j = 0; j < 5; ++j) b += lp.weight[i][j] * option_bits[i][j];
+    CHECK(real_bits[i] == doctest::Approx(b));
+  }
+  option_bits[2].pop_back();
+  CHECK_THROWS_AS(lp.expected(option_bits), mixq::shape_error);
+  option_bits.pop_back();
+  CHECK_THROWS_AS(lp.expected(option_bits), mixq::shape_error);
 
   // A node limit ends the search early and says so; the bits stay floor/ceil choices in budget.
   const std::vector<double> xs{4.3, 5.7, 6.2, 7.9, 4.4, 5.5}, cs{1.1, 0.7, 2.3, 0.4, 1.9, 0.8};

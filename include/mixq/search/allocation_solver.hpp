@@ -43,12 +43,20 @@ struct lp_allocation {
   double value = 0;                         // LP optimum: an upper bound on the integer optimum
   double cost = 0;                          // cost under the chosen budget
   std::size_t budget_index = 0;
-  /// sum_j weight[i][j] * attribute[i][j] per layer (e.g. the real-valued bits).
+  /// sum_j weight[i][j] * attribute[i][j] per layer (e.g. the real-valued bits); the attribute
+  /// must have the problem's shape (shape_error otherwise).
   std::vector<double> expected(std::span<const std::vector<double>> attribute) const {
+    if (attribute.size() != weight.size())
+      throw shape_error(mixq::detail::cat("lp_allocation::expected: ", attribute.size(),
+                                          " layers of attributes; expected ", weight.size()));
     std::vector<double> out(weight.size(), 0.0);
-    for (std::size_t i = 0; i < weight.size() && i < attribute.size(); ++i)
-      for (std::size_t j = 0; j < weight[i].size() && j < attribute[i].size(); ++j)
-        out[i] += weight[i][j] * attribute[i][j];
+    for (std::size_t i = 0; i < weight.size(); ++i) {
+      if (attribute[i].size() != weight[i].size())
+        throw shape_error(mixq::detail::cat("lp_allocation::expected: layer ", i, " has ",
+                                            attribute[i].size(), " attributes; expected ",
+                                            weight[i].size(), " (one per option)"));
+      for (std::size_t j = 0; j < weight[i].size(); ++j) out[i] += weight[i][j] * attribute[i][j];
+    }
     return out;
   }
 };
