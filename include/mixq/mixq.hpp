@@ -6,3 +6,4 @@
 #include "mixq/kernels.hpp"
 #include "mixq/data.hpp"
 #include "mixq/nn.hpp"
+#include "mixq/search.hpp"
