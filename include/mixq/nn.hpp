@@ -4,5 +4,6 @@
 
 #include "mixq/nn/module.hpp"
 #include "mixq/nn/optim.hpp"
+#include "mixq/nn/quantized.hpp"
 #include "mixq/nn/serialize.hpp"
 #include "mixq/nn/train.hpp"

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "mixq/core/error.hpp"
+#include "mixq/quant/bit_config.hpp"
 
 namespace mixq::search {
 
@@ -125,32 +126,7 @@ struct model_desc {
   }
 };
 
-/// Per-layer weight bits and input-activation bits (the bits of the tensor the layer reads).
-struct bit_config {
-  std::vector<int> w_bits;
-  std::vector<int> a_bits;
-
-  /// Same bits for every layer.
-  static bit_config uniform(std::size_t layers, int w, int a) {
-    return {std::vector<int>(layers, w), std::vector<int>(layers, a)};
-  }
-
-  /// Lengths must equal the model's layer count (shape_error); bits must be 1..8 (bits_error).
-  void validate(std::size_t layers) const {
-    if (w_bits.size() != layers || a_bits.size() != layers)
-      throw shape_error(detail::cat("bit_config has ", w_bits.size(), " weight and ", a_bits.size(),
-                                    " activation bit-widths; expected ", layers,
-                                    " each (one per quantizable layer)"));
-    for (std::size_t i = 0; i < layers; ++i) {
-      if (w_bits[i] < 1 || w_bits[i] > 8)
-        throw bits_error(detail::cat("bit_config: weight bits of layer ", i, " are ", w_bits[i],
-                                     "; expected 1..8"));
-      if (a_bits[i] < 1 || a_bits[i] > 8)
-        throw bits_error(detail::cat("bit_config: activation bits of layer ", i, " are ", a_bits[i],
-                                     "; expected 1..8"));
-    }
-  }
-};
+using quant::bit_config;
 
 enum class size_unit {
   mb,   // 1e6 bytes (FracBits)
