@@ -33,8 +33,8 @@ const char* kind_name(layer_kind k) {
 }
 
 void print_layers(const model_desc& m) {
-  std::printf("%-4s %-6s %-6s %9s %3s %3s %4s %7s %9s %11s\n", "#", "name", "kind", "in->out",
-              "k", "s", "g", "out", "params", "MACs");
+  std::printf("%-4s %-6s %-6s %9s %3s %3s %4s %7s %9s %11s\n", "#", "name", "kind", "in->out", "k",
+              "s", "g", "out", "params", "MACs");
   for (std::size_t i = 0; i < m.size(); ++i) {
     const auto& l = m.layers[i];
     const std::string io = std::to_string(l.in_channels) + "->" + std::to_string(l.out_channels);

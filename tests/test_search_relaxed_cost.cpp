@@ -29,8 +29,8 @@ TEST_CASE("fracbits_cost var: value and gradients equal the plain formula") {
   std::uniform_real_distribution<float> u(1.2f, 7.8f);
   std::vector<double> lw(n), la(n);
   for (std::size_t i = 0; i < n; ++i) lw[i] = u(rng), la[i] = u(rng);
-  lw[3] = 0.5;   // below the range: clamped, no gradient
-  la[4] = 9.0;   // above
+  lw[3] = 0.5;  // below the range: clamped, no gradient
+  la[4] = 9.0;  // above
   for (const auto metric : {cost_metric::bitops, cost_metric::size_bits})
     for (const auto& conv : {cost_conventions::all_layers(), cost_conventions::fracbits(),
                              cost_conventions::edmips()}) {
