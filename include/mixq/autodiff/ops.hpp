@@ -81,7 +81,7 @@ template <class Fwd, class Da, class Db>
 var binary_op(const var& a, const var& b, const char* op, Fwd fwd, Da da, Db db) {
   const shape_t out = broadcast_shapes(a.shape(), b.shape(), op);
   auto sa = broadcast_strides(a.shape(), out), sb = broadcast_strides(b.shape(), out);
-  ftensor y(out);
+  ftensor y = detail::cache().take(out);
   const float *pa = a.value().data(), *pb = b.value().data();
   float* py = y.data();
   broadcast_walk(out, sa, sb,
@@ -107,7 +107,7 @@ var binary_op(const var& a, const var& b, const char* op, Fwd fwd, Da da, Db db)
 /// Shared body of pointwise unary ops: y = f(x), dy/dx = d(x, y).
 template <class Fwd, class D>
 var unary_op(const var& x, const char* op, Fwd fwd, D d) {
-  ftensor y(x.shape());
+  ftensor y = detail::cache().take(x.shape());
   const float* px = x.value().data();
   for (std::size_t i = 0; i < y.size(); ++i) y[i] = fwd(px[i]);
   return make_result(std::move(y), {x}, op, [d](node& self) {
@@ -317,7 +317,7 @@ inline var matmul(const var& a, const var& b) {
     throw shape_error(detail::cat("matmul: needs [M, K] x [K, N], got ", shape_string(a.shape()),
                                   " x ", shape_string(b.shape())));
   const std::size_t M = a.shape()[0], K = a.shape()[1], N = b.shape()[1];
-  ftensor y({M, N});
+  ftensor y = detail::cache().take({M, N});
   kernels::gemm_f32(transpose::no, transpose::no, M, N, K, 1.0f, a.value().data(), K,
                     b.value().data(), N, 0.0f, y.data(), N);
   return detail::make_result(std::move(y), {a, b}, "matmul", [M, N, K](node& self) {
@@ -344,7 +344,7 @@ inline var linear(const var& x, const var& w, const var& b = var()) {
   if (has_b && (b.shape().size() != 1 || b.shape()[0] != O))
     throw shape_error(
         detail::cat("linear: bias has shape ", shape_string(b.shape()), ", expected [", O, "]"));
-  ftensor y({N, O});
+  ftensor y = detail::cache().take({N, O});
   if (has_b)
     for (std::size_t n = 0; n < N; ++n) std::copy_n(b.value().data(), O, y.data() + n * O);
   kernels::gemm_f32(transpose::no, transpose::yes, N, O, I, 1.0f, x.value().data(), I,
@@ -371,7 +371,11 @@ inline var linear(const var& x, const var& w, const var& b = var()) {
 
 /// The same elements under another shape. dx = reshape(dy).
 inline var reshape(const var& x, shape_t shape) {
-  ftensor y = x.value().reshaped(std::move(shape));
+  if (shape_numel(shape) != x.size())
+    throw shape_error(detail::cat("reshape: cannot reshape ", shape_string(x.shape()), " (",
+                                  x.size(), " elements) to ", shape_string(shape)));
+  ftensor y = detail::cache().take(std::move(shape));
+  std::copy(x.value().begin(), x.value().end(), y.begin());
   return detail::make_result(std::move(y), {x}, "reshape", [](node& self) {
     if (ftensor* gx = detail::parent_grad(self, 0))
       for (std::size_t i = 0; i < gx->size(); ++i) (*gx)[i] += self.grad[i];
@@ -401,7 +405,7 @@ inline var concat(const std::vector<var>& xs, int axis = 0) {
     out[ax] += s[ax];
   }
   const auto sp = detail::split_at(out, ax);
-  ftensor y(out);
+  ftensor y = detail::cache().take(out);
   std::size_t off = 0;
   std::vector<std::size_t> offsets;
   for (const auto& x : xs) {
@@ -449,7 +453,7 @@ inline var sum(const var& x, int axis, bool keepdim = false) {
     out[ax] = 1;
   else
     out.erase(out.begin() + long(ax));
-  ftensor y(out, 0.0f);
+  ftensor y = detail::cache().take(out, 0.0f);
   const float* px = x.value().data();
   for (std::size_t o = 0; o < sp.outer; ++o)
     for (std::size_t k = 0; k < sp.n; ++k)
@@ -490,7 +494,7 @@ inline var max(const var& x, int axis, bool keepdim = false) {
     out[ax] = 1;
   else
     out.erase(out.begin() + long(ax));
-  ftensor y(out);
+  ftensor y = detail::cache().take(out);
   std::vector<std::uint32_t> arg(y.size(), 0);
   const float* px = x.value().data();
   for (std::size_t o = 0; o < sp.outer; ++o)
@@ -516,7 +520,7 @@ inline var max(const var& x, int axis, bool keepdim = false) {
 inline var softmax(const var& x, int axis = -1) {
   const std::size_t ax = detail::resolve_axis(axis, x.shape().size(), "softmax");
   const auto sp = detail::split_at(x.shape(), ax);
-  ftensor y(x.shape());
+  ftensor y = detail::cache().take(x.shape());
   const float* px = x.value().data();
   for (std::size_t o = 0; o < sp.outer; ++o)
     for (std::size_t i = 0; i < sp.inner; ++i) {
@@ -545,7 +549,7 @@ inline var softmax(const var& x, int axis = -1) {
 inline var log_softmax(const var& x, int axis = -1) {
   const std::size_t ax = detail::resolve_axis(axis, x.shape().size(), "log_softmax");
   const auto sp = detail::split_at(x.shape(), ax);
-  ftensor y(x.shape());
+  ftensor y = detail::cache().take(x.shape());
   const float* px = x.value().data();
   for (std::size_t o = 0; o < sp.outer; ++o)
     for (std::size_t i = 0; i < sp.inner; ++i) {
