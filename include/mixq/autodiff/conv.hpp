@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -203,9 +204,9 @@ inline var conv2d(const var& x, const var& w, const var& b = var(), std::size_t 
       [g, groups, Cg, Og, O, P, CKK, direct](node& self) {
         const float *px = self.parents[0]->value.data(), *pw = self.parents[1]->value.data();
         const float* G = self.grad.data();
-        ftensor* gx = detail::parent_grad(self, 0);
         ftensor* gw = detail::parent_grad(self, 1);
         ftensor* gb = self.parents.size() > 2 ? detail::parent_grad(self, 2) : nullptr;
+        const detail::grad_target gx = detail::parent_grad_target(self, 0);
         // dW = dY col^T per sample and group, as gemm(dY, col transposed). When the weight
         // has fewer columns than rows (few input channels, as in a first layer), the product
         // is formed transposed, dW^T = col dY^T: the GEMM pads rows to a narrower tile than
@@ -217,46 +218,48 @@ inline var conv2d(const var& x, const var& w, const var& b = var(), std::size_t 
         const unsigned parts = threads();
         const auto dw_part = detail::scratch(gw ? parts * wsize : 0);
         const auto db_part = detail::scratch(gb ? parts * O : 0);
-        const unsigned used =
-            detail::parallel_chunks(g.N, [&](std::size_t n0, std::size_t n1, unsigned chunk) {
-              const auto col = detail::scratch(gw && !direct ? CKK * P : 0);
-              const auto dcol = detail::scratch(gx && !direct ? CKK * P : 0);
-              float* dw = gw ? dw_part.get() + chunk * wsize : nullptr;
-              float* db = gb ? db_part.get() + chunk * O : nullptr;
-              if (dw) std::fill(dw, dw + wsize, 0.0f);
-              if (db) std::fill(db, db + O, 0.0f);
-              for (std::size_t n = n0; n < n1; ++n)
-                for (std::size_t gr = 0; gr < groups; ++gr) {
-                  const std::size_t xoff = (n * g.C + gr * Cg) * g.H * g.W;
-                  const float* dy = G + (n * O + gr * Og) * P;
-                  if (dw) {
-                    const float* c = px + xoff;
-                    if (!direct) {
-                      detail::im2col(px + xoff, Cg, g, col.get());
-                      c = col.get();
-                    }
-                    if (dw_transposed)  // dw holds [group][CKK][Og] here
-                      kernels::gemm_f32(transpose::no, transpose::yes, CKK, Og, P, 1.0f, c, P, dy,
-                                        P, 1.0f, dw + gr * Og * CKK, Og);
-                    else
-                      kernels::gemm_f32(transpose::no, transpose::yes, Og, CKK, P, 1.0f, dy, P, c,
-                                        P, 1.0f, dw + gr * Og * CKK, CKK);
-                  }
-                  if (gx) {
-                    if (direct) {
-                      kernels::gemm_f32(transpose::yes, transpose::no, CKK, P, Og, 1.0f,
-                                        pw + gr * Og * CKK, CKK, dy, P, 1.0f, gx->data() + xoff, P);
-                    } else {
-                      kernels::gemm_f32(transpose::yes, transpose::no, CKK, P, Og, 1.0f,
-                                        pw + gr * Og * CKK, CKK, dy, P, 0.0f, dcol.get(), P);
-                      detail::col2im_add(dcol.get(), Cg, g, gx->data() + xoff);
-                    }
-                  }
-                  if (db)
-                    for (std::size_t o = 0; o < Og; ++o)
-                      db[gr * Og + o] += float(detail::sum_lanes(dy + o * P, P));
+        const unsigned used = detail::parallel_chunks(g.N, [&](std::size_t n0, std::size_t n1,
+                                                               unsigned chunk) {
+          const auto col = detail::scratch(gw && !direct ? CKK * P : 0);
+          const auto dcol = detail::scratch(gx && !direct ? CKK * P : 0);
+          float* dw = gw ? dw_part.get() + chunk * wsize : nullptr;
+          float* db = gb ? db_part.get() + chunk * O : nullptr;
+          if (dw) std::fill(dw, dw + wsize, 0.0f);
+          if (db) std::fill(db, db + O, 0.0f);
+          for (std::size_t n = n0; n < n1; ++n)
+            for (std::size_t gr = 0; gr < groups; ++gr) {
+              const std::size_t xoff = (n * g.C + gr * Cg) * g.H * g.W;
+              const float* dy = G + (n * O + gr * Og) * P;
+              if (dw) {
+                const float* c = px + xoff;
+                if (!direct) {
+                  detail::im2col(px + xoff, Cg, g, col.get());
+                  c = col.get();
                 }
-            });
+                if (dw_transposed)  // dw holds [group][CKK][Og] here
+                  kernels::gemm_f32(transpose::no, transpose::yes, CKK, Og, P, 1.0f, c, P, dy, P,
+                                    1.0f, dw + gr * Og * CKK, Og);
+                else
+                  kernels::gemm_f32(transpose::no, transpose::yes, Og, CKK, P, 1.0f, dy, P, c, P,
+                                    1.0f, dw + gr * Og * CKK, CKK);
+              }
+              if (gx) {  // a fresh buffer gets this sample's slice zeroed first
+                float* dx = gx.data + xoff;
+                if (direct) {
+                  kernels::gemm_f32(transpose::yes, transpose::no, CKK, P, Og, 1.0f,
+                                    pw + gr * Og * CKK, CKK, dy, P, gx.fresh ? 0.0f : 1.0f, dx, P);
+                } else {
+                  kernels::gemm_f32(transpose::yes, transpose::no, CKK, P, Og, 1.0f,
+                                    pw + gr * Og * CKK, CKK, dy, P, 0.0f, dcol.get(), P);
+                  if (gx.fresh) std::fill(dx, dx + Cg * g.H * g.W, 0.0f);
+                  detail::col2im_add(dcol.get(), Cg, g, dx);
+                }
+              }
+              if (db)
+                for (std::size_t o = 0; o < Og; ++o)
+                  db[gr * Og + o] += float(detail::sum_lanes(dy + o * P, P));
+            }
+        });
         for (unsigned c = 0; c < used; ++c) {
           if (gw) {
             const float* dw = dw_part.get() + c * wsize;
@@ -336,29 +339,51 @@ inline var max_pool2d(const var& x, std::size_t k, std::size_t stride = 0,
         out[oy * g.Wo + ox] = plane[detail::max_window_offset(plane, g, oy, ox)];
   }
   return detail::make_result(std::move(y), {x}, "max_pool2d", [g, two_by_two](node& self) {
-    ftensor* gx = detail::parent_grad(self, 0);
+    const detail::grad_target gx = detail::parent_grad_target(self, 0);
     if (!gx) return;
     const float* px = self.parents[0]->value.data();
+    const std::size_t HW = g.H * g.W;
     for (std::size_t nc = 0; nc < g.N * g.C; ++nc) {
-      const float* plane = px + nc * g.H * g.W;
-      float* dplane = gx->data() + nc * g.H * g.W;
+      const float* plane = px + nc * HW;
+      float* dplane = gx.data + nc * HW;
       const float* dy = self.grad.data() + nc * g.Ho * g.Wo;
-      for (std::size_t oy = 0; oy < g.Ho; ++oy)
-        for (std::size_t ox = 0; ox < g.Wo; ++ox) {
-          std::size_t at;
-          if (two_by_two) {  // the same comparisons as the forward pass
-            const std::size_t a = 2 * oy * g.W + 2 * ox;
-            const float v1 = plane[a + 1], v2 = plane[a + g.W], v3 = plane[a + g.W + 1];
-            float best = plane[a];
-            at = a;
-            if (v1 > best) best = v1, at = a + 1;
-            if (v2 > best) best = v2, at = a + g.W;
-            if (v3 > best) at = a + g.W + 1;
-          } else {
-            at = detail::max_window_offset(plane, g, oy, ox);
+      if (!two_by_two) {
+        if (gx.fresh) std::fill(dplane, dplane + HW, 0.0f);
+        for (std::size_t oy = 0; oy < g.Ho; ++oy)
+          for (std::size_t ox = 0; ox < g.Wo; ++ox)
+            dplane[detail::max_window_offset(plane, g, oy, ox)] += dy[oy * g.Wo + ox];
+        continue;
+      }
+      // 2x2 windows tile the plane but for an odd last row or column, which gets nothing.
+      if (gx.fresh) {
+        if (g.H % 2) std::fill(dplane + (g.H - 1) * g.W, dplane + HW, 0.0f);
+        if (g.W % 2)
+          for (std::size_t iy = 0; iy < 2 * g.Ho; ++iy) dplane[iy * g.W + g.W - 1] = 0.0f;
+      }
+      // Each window's four cells get dy or 0 by the forward pass's comparison chain (m_k:
+      // cell k beat the best so far). The comparisons are data-dependent, so the selection
+      // is by bit masks rather than branches, which would mispredict half the time.
+      auto windows = [&](auto store) {
+        for (std::size_t oy = 0; oy < g.Ho; ++oy) {
+          const float *r0 = plane + 2 * oy * g.W, *r1 = r0 + g.W;
+          float *d0 = dplane + 2 * oy * g.W, *d1 = d0 + g.W;
+          for (std::size_t ox = 0; ox < g.Wo; ++ox) {
+            const float v0 = r0[2 * ox], v1 = r0[2 * ox + 1], v2 = r1[2 * ox], v3 = r1[2 * ox + 1];
+            const float b1 = v1 > v0 ? v1 : v0, b2 = v2 > b1 ? v2 : b1;
+            const std::uint32_t m1 = 0u - std::uint32_t(v1 > v0), m2 = 0u - std::uint32_t(v2 > b1),
+                                m3 = 0u - std::uint32_t(v3 > b2);
+            const std::uint32_t gv = std::bit_cast<std::uint32_t>(dy[oy * g.Wo + ox]);
+            store(d0[2 * ox], std::bit_cast<float>(gv & ~m1 & ~m2 & ~m3));
+            store(d0[2 * ox + 1], std::bit_cast<float>(gv & m1 & ~m2 & ~m3));
+            store(d1[2 * ox], std::bit_cast<float>(gv & m2 & ~m3));
+            store(d1[2 * ox + 1], std::bit_cast<float>(gv & m3));
           }
-          dplane[at] += dy[oy * g.Wo + ox];
         }
+      };
+      if (gx.fresh)
+        windows([](float& d, float v) { d = v; });
+      else
+        windows([](float& d, float v) { d += v; });
     }
   });
 }
@@ -475,9 +500,9 @@ inline var batch_norm(const var& x, const var& gamma, const var& beta, ftensor& 
       [N, C, HW, m, mu = std::move(mu), istd = std::move(istd), training](node& self) {
         const float *px = self.parents[0]->value.data(), *pg = self.parents[1]->value.data();
         const float* G = self.grad.data();
-        ftensor* gx = detail::parent_grad(self, 0);
         ftensor* gg = detail::parent_grad(self, 1);
         ftensor* gb = detail::parent_grad(self, 2);
+        const detail::grad_target gx = detail::parent_grad_target(self, 0);
         for (std::size_t c = 0; c < C; ++c) {
           const float mean = mu[c], is = istd[c];
           double s_dy = 0, s_dyxc = 0;  // sum(dy), sum(dy * (x - mean))
@@ -496,8 +521,11 @@ inline var batch_norm(const var& x, const var& gamma, const var& beta, ftensor& 
           const float u = -k * is * mdyxh, v = -k * mdy;
           for (std::size_t n = 0; n < N; ++n) {
             const float *p = px + (n * C + c) * HW, *d = G + (n * C + c) * HW;
-            float* q = gx->data() + (n * C + c) * HW;
-            for (std::size_t i = 0; i < HW; ++i) q[i] += k * d[i] + (p[i] - mean) * u + v;
+            float* q = gx.data + (n * C + c) * HW;
+            if (gx.fresh)
+              for (std::size_t i = 0; i < HW; ++i) q[i] = k * d[i] + (p[i] - mean) * u + v;
+            else
+              for (std::size_t i = 0; i < HW; ++i) q[i] += k * d[i] + (p[i] - mean) * u + v;
           }
         }
       });

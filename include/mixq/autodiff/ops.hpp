@@ -111,11 +111,15 @@ var unary_op(const var& x, const char* op, Fwd fwd, D d) {
   const float* px = x.value().data();
   for (std::size_t i = 0; i < y.size(); ++i) y[i] = fwd(px[i]);
   return make_result(std::move(y), {x}, op, [d](node& self) {
-    ftensor* gx = parent_grad(self, 0);
+    const grad_target gx = parent_grad_target(self, 0);
     if (!gx) return;
     const float *px = self.parents[0]->value.data(), *py = self.value.data(), *g = self.grad.data();
-    float* p = gx->data();
-    for (std::size_t i = 0; i < self.value.size(); ++i) p[i] += g[i] * d(px[i], py[i]);
+    float* p = gx.data;
+    const std::size_t n = self.value.size();
+    if (gx.fresh)
+      for (std::size_t i = 0; i < n; ++i) p[i] = g[i] * d(px[i], py[i]);
+    else
+      for (std::size_t i = 0; i < n; ++i) p[i] += g[i] * d(px[i], py[i]);
   });
 }
 
@@ -323,12 +327,12 @@ inline var matmul(const var& a, const var& b) {
   return detail::make_result(std::move(y), {a, b}, "matmul", [M, N, K](node& self) {
     const float *A = self.parents[0]->value.data(), *B = self.parents[1]->value.data();
     const float* G = self.grad.data();
-    if (ftensor* ga = detail::parent_grad(self, 0))
-      kernels::gemm_f32(transpose::no, transpose::yes, M, K, N, 1.0f, G, N, B, N, 1.0f, ga->data(),
-                        K);
-    if (ftensor* gb = detail::parent_grad(self, 1))
-      kernels::gemm_f32(transpose::yes, transpose::no, K, N, M, 1.0f, A, K, G, N, 1.0f, gb->data(),
-                        N);
+    if (const auto ga = detail::parent_grad_target(self, 0))
+      kernels::gemm_f32(transpose::no, transpose::yes, M, K, N, 1.0f, G, N, B, N,
+                        ga.fresh ? 0.0f : 1.0f, ga.data, K);
+    if (const auto gb = detail::parent_grad_target(self, 1))
+      kernels::gemm_f32(transpose::yes, transpose::no, K, N, M, 1.0f, A, K, G, N,
+                        gb.fresh ? 0.0f : 1.0f, gb.data, N);
   });
 }
 
@@ -354,12 +358,12 @@ inline var linear(const var& x, const var& w, const var& b = var()) {
   return detail::make_result(std::move(y), std::move(parents), "linear", [N, I, O](node& self) {
     const float *X = self.parents[0]->value.data(), *W = self.parents[1]->value.data();
     const float* G = self.grad.data();
-    if (ftensor* gx = detail::parent_grad(self, 0))
-      kernels::gemm_f32(transpose::no, transpose::no, N, I, O, 1.0f, G, O, W, I, 1.0f, gx->data(),
-                        I);
-    if (ftensor* gw = detail::parent_grad(self, 1))
-      kernels::gemm_f32(transpose::yes, transpose::no, O, I, N, 1.0f, G, O, X, I, 1.0f, gw->data(),
-                        I);
+    if (const auto gx = detail::parent_grad_target(self, 0))
+      kernels::gemm_f32(transpose::no, transpose::no, N, I, O, 1.0f, G, O, W, I,
+                        gx.fresh ? 0.0f : 1.0f, gx.data, I);
+    if (const auto gw = detail::parent_grad_target(self, 1))
+      kernels::gemm_f32(transpose::yes, transpose::no, O, I, N, 1.0f, G, O, X, I,
+                        gw.fresh ? 0.0f : 1.0f, gw.data, I);
     if (self.parents.size() > 2)
       if (ftensor* gb = detail::parent_grad(self, 2))
         for (std::size_t n = 0; n < N; ++n)
@@ -377,8 +381,13 @@ inline var reshape(const var& x, shape_t shape) {
   ftensor y = detail::cache().take(std::move(shape));
   std::copy(x.value().begin(), x.value().end(), y.begin());
   return detail::make_result(std::move(y), {x}, "reshape", [](node& self) {
-    if (ftensor* gx = detail::parent_grad(self, 0))
-      for (std::size_t i = 0; i < gx->size(); ++i) (*gx)[i] += self.grad[i];
+    if (const auto gx = detail::parent_grad_target(self, 0)) {
+      const float* g = self.grad.data();
+      if (gx.fresh)
+        std::copy(g, g + self.grad.size(), gx.data);
+      else
+        for (std::size_t i = 0; i < self.grad.size(); ++i) gx.data[i] += g[i];
+    }
   });
 }
 /// [N, ...] -> [N, prod(...)].

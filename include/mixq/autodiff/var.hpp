@@ -244,6 +244,24 @@ inline ftensor* parent_grad(node& self, std::size_t i) {
   node& p = *self.parents[i];
   return p.requires_grad ? &p.grad_buffer() : nullptr;
 }
+
+/// Parent i's gradient buffer for an op that writes every element of it. When no gradient
+/// has flowed there yet, the buffer is new with unspecified contents and `fresh` is set: the
+/// op stores its contribution instead of adding it, which saves zero-filling and re-reading
+/// megabytes per layer. Take it just before writing (a parent may appear twice).
+struct grad_target {
+  float* data = nullptr;
+  bool fresh = false;
+  explicit operator bool() const noexcept { return data != nullptr; }
+};
+inline grad_target parent_grad_target(node& self, std::size_t i) {
+  node& p = *self.parents[i];
+  if (!p.requires_grad) return {};
+  if (p.grad.shape() == p.value.shape()) return {p.grad.data(), false};
+  cache().give(p.grad);
+  p.grad = cache().take(p.value.shape());
+  return {p.grad.data(), true};
+}
 }  // namespace detail
 
 /// Reverse-mode sweep from `loss`: seeds d loss/d loss = `seed` (ones by default; a
