@@ -10,6 +10,7 @@
 #include <benchmark/benchmark.h>
 
 #include <chrono>
+#include <ctime>
 #include <random>
 #include <vector>
 
@@ -84,8 +85,18 @@ static void BM_train_step_torch(benchmark::State& state) {
 }
 BENCHMARK(BM_train_step_torch)->Apply(batch_and_threads);
 
+/// Process CPU time in seconds (all threads).
+double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
 /// One mixq step and one libtorch step per iteration, each timed on its own; counters: each
-/// one's samples/s and ms per step, and ratio = mixq step time / libtorch step time.
+/// one's samples/s and ms per step (wall clock), ratio = mixq step time / libtorch step
+/// time, and cpu_ratio, the same for process CPU time. On a machine shared with other jobs
+/// cpu_ratio on 1 thread is the steadier figure (time spent preempted does not count); on
+/// 2 threads it also counts libtorch's OpenMP workers spinning while they wait.
 static void BM_train_step_vs_torch(benchmark::State& state) {
   using clock = std::chrono::steady_clock;
   const std::size_t batch = std::size_t(state.range(0));
@@ -94,15 +105,20 @@ static void BM_train_step_vs_torch(benchmark::State& state) {
   mixq_bench::torch_cnn_trainer::set_threads(threads);
   mixq_trainer m(batch);
   mixq_bench::torch_cnn_trainer t(batch, m.x.data(), m.y.data(), 1);
-  double mixq_s = 0, torch_s = 0;
+  double mixq_s = 0, torch_s = 0, mixq_cpu = 0, torch_cpu = 0;
   for (auto _ : state) {
+    const double c0 = process_cpu_seconds();
     const auto t0 = clock::now();
     benchmark::DoNotOptimize(m.step());
     const auto t1 = clock::now();
+    const double c1 = process_cpu_seconds();
     benchmark::DoNotOptimize(t.step());
     const auto t2 = clock::now();
+    const double c2 = process_cpu_seconds();
     mixq_s += std::chrono::duration<double>(t1 - t0).count();
     torch_s += std::chrono::duration<double>(t2 - t1).count();
+    mixq_cpu += c1 - c0;
+    torch_cpu += c2 - c1;
   }
   const double n = double(state.iterations());
   state.counters["mixq samples/s"] = n * double(batch) / mixq_s;
@@ -110,6 +126,7 @@ static void BM_train_step_vs_torch(benchmark::State& state) {
   state.counters["mixq ms"] = 1e3 * mixq_s / n;
   state.counters["torch ms"] = 1e3 * torch_s / n;
   state.counters["ratio"] = mixq_s / torch_s;
+  state.counters["cpu_ratio"] = mixq_cpu / torch_cpu;
 }
 BENCHMARK(BM_train_step_vs_torch)->Apply(batch_and_threads);
 #endif

@@ -424,3 +424,24 @@ TEST_CASE("conv2d gives the same values and gradients on 1 and several threads")
   CHECK(threads() == 1);
   set_threads(saved);
 }
+
+TEST_CASE("batch norm, relu and max-pool give identical results on 1 and several threads") {
+  // Large enough (>= parallel_min_elements) that the ops split their work.
+  std::mt19937 rng(12);
+  const ftensor x = random_tensor({4, 8, 48, 48}, rng), gamma = random_tensor({8}, rng),
+                beta = random_tensor({8}, rng), r = random_tensor({4, 8, 24, 24}, rng);
+  REQUIRE(x.size() >= autodiff::detail::parallel_min_elements);
+  const unsigned saved = threads();
+  std::vector<ftensor> results;
+  for (unsigned t : {1u, 3u}) {
+    set_threads(t);
+    var xv = var::parameter(x), gv = var::parameter(gamma), bv = var::parameter(beta);
+    ftensor mean({8}, 0.0f), variance({8}, 1.0f);
+    const var y = max_pool2d(relu(batch_norm(xv, gv, bv, mean, variance, true)), 2);
+    backward(y, &r);
+    results.insert(results.end(), {y.value(), xv.grad(), gv.grad(), bv.grad(), mean, variance});
+  }
+  set_threads(saved);
+  const std::size_t per_run = results.size() / 2;
+  for (std::size_t i = 0; i < per_run; ++i) CHECK(results[i] == results[i + per_run]);
+}

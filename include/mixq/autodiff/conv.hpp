@@ -318,73 +318,82 @@ inline var max_pool2d(const var& x, std::size_t k, std::size_t stride = 0,
   const bool two_by_two = k == 2 && stride == 2 && padding == 0;
   ftensor y = detail::cache().take({g.N, g.C, g.Ho, g.Wo});
   const float* px = x.value().data();
-  for (std::size_t nc = 0; nc < g.N * g.C; ++nc) {
-    const float* plane = px + nc * g.H * g.W;
-    float* out = y.data() + nc * g.Ho * g.Wo;
-    if (two_by_two) {
-      for (std::size_t oy = 0; oy < g.Ho; ++oy) {
-        const float *r0 = plane + 2 * oy * g.W, *r1 = r0 + g.W;
-        float* o = out + oy * g.Wo;
-        for (std::size_t ox = 0; ox < g.Wo; ++ox) {
-          float best = r0[2 * ox];
-          best = r0[2 * ox + 1] > best ? r0[2 * ox + 1] : best;
-          best = r1[2 * ox] > best ? r1[2 * ox] : best;
-          o[ox] = r1[2 * ox + 1] > best ? r1[2 * ox + 1] : best;
+  // Planes are independent: split them across threads.
+  detail::parallel_chunks_if_large(
+      g.N * g.C, x.size(), [&](std::size_t p0, std::size_t p1, unsigned) {
+        for (std::size_t nc = p0; nc < p1; ++nc) {
+          const float* plane = px + nc * g.H * g.W;
+          float* out = y.data() + nc * g.Ho * g.Wo;
+          if (two_by_two) {
+            for (std::size_t oy = 0; oy < g.Ho; ++oy) {
+              const float *r0 = plane + 2 * oy * g.W, *r1 = r0 + g.W;
+              float* o = out + oy * g.Wo;
+              for (std::size_t ox = 0; ox < g.Wo; ++ox) {
+                float best = r0[2 * ox];
+                best = r0[2 * ox + 1] > best ? r0[2 * ox + 1] : best;
+                best = r1[2 * ox] > best ? r1[2 * ox] : best;
+                o[ox] = r1[2 * ox + 1] > best ? r1[2 * ox + 1] : best;
+              }
+            }
+            continue;
+          }
+          for (std::size_t oy = 0; oy < g.Ho; ++oy)
+            for (std::size_t ox = 0; ox < g.Wo; ++ox)
+              out[oy * g.Wo + ox] = plane[detail::max_window_offset(plane, g, oy, ox)];
         }
-      }
-      continue;
-    }
-    for (std::size_t oy = 0; oy < g.Ho; ++oy)
-      for (std::size_t ox = 0; ox < g.Wo; ++ox)
-        out[oy * g.Wo + ox] = plane[detail::max_window_offset(plane, g, oy, ox)];
-  }
+      });
   return detail::make_result(std::move(y), {x}, "max_pool2d", [g, two_by_two](node& self) {
     const detail::grad_target gx = detail::parent_grad_target(self, 0);
     if (!gx) return;
     const float* px = self.parents[0]->value.data();
     const std::size_t HW = g.H * g.W;
-    for (std::size_t nc = 0; nc < g.N * g.C; ++nc) {
-      const float* plane = px + nc * HW;
-      float* dplane = gx.data + nc * HW;
-      const float* dy = self.grad.data() + nc * g.Ho * g.Wo;
-      if (!two_by_two) {
-        if (gx.fresh) std::fill(dplane, dplane + HW, 0.0f);
-        for (std::size_t oy = 0; oy < g.Ho; ++oy)
-          for (std::size_t ox = 0; ox < g.Wo; ++ox)
-            dplane[detail::max_window_offset(plane, g, oy, ox)] += dy[oy * g.Wo + ox];
-        continue;
-      }
-      // 2x2 windows tile the plane but for an odd last row or column, which gets nothing.
-      if (gx.fresh) {
-        if (g.H % 2) std::fill(dplane + (g.H - 1) * g.W, dplane + HW, 0.0f);
-        if (g.W % 2)
-          for (std::size_t iy = 0; iy < 2 * g.Ho; ++iy) dplane[iy * g.W + g.W - 1] = 0.0f;
-      }
-      // Each window's four cells get dy or 0 by the forward pass's comparison chain (m_k:
-      // cell k beat the best so far). The comparisons are data-dependent, so the selection
-      // is by bit masks rather than branches, which would mispredict half the time.
-      auto windows = [&](auto store) {
-        for (std::size_t oy = 0; oy < g.Ho; ++oy) {
-          const float *r0 = plane + 2 * oy * g.W, *r1 = r0 + g.W;
-          float *d0 = dplane + 2 * oy * g.W, *d1 = d0 + g.W;
-          for (std::size_t ox = 0; ox < g.Wo; ++ox) {
-            const float v0 = r0[2 * ox], v1 = r0[2 * ox + 1], v2 = r1[2 * ox], v3 = r1[2 * ox + 1];
-            const float b1 = v1 > v0 ? v1 : v0, b2 = v2 > b1 ? v2 : b1;
-            const std::uint32_t m1 = 0u - std::uint32_t(v1 > v0), m2 = 0u - std::uint32_t(v2 > b1),
-                                m3 = 0u - std::uint32_t(v3 > b2);
-            const std::uint32_t gv = std::bit_cast<std::uint32_t>(dy[oy * g.Wo + ox]);
-            store(d0[2 * ox], std::bit_cast<float>(gv & ~m1 & ~m2 & ~m3));
-            store(d0[2 * ox + 1], std::bit_cast<float>(gv & m1 & ~m2 & ~m3));
-            store(d1[2 * ox], std::bit_cast<float>(gv & m2 & ~m3));
-            store(d1[2 * ox + 1], std::bit_cast<float>(gv & m3));
+    detail::parallel_chunks_if_large(
+        g.N * g.C, g.N * g.C * HW, [&](std::size_t p0, std::size_t p1, unsigned) {
+          for (std::size_t nc = p0; nc < p1; ++nc) {
+            const float* plane = px + nc * HW;
+            float* dplane = gx.data + nc * HW;
+            const float* dy = self.grad.data() + nc * g.Ho * g.Wo;
+            if (!two_by_two) {
+              if (gx.fresh) std::fill(dplane, dplane + HW, 0.0f);
+              for (std::size_t oy = 0; oy < g.Ho; ++oy)
+                for (std::size_t ox = 0; ox < g.Wo; ++ox)
+                  dplane[detail::max_window_offset(plane, g, oy, ox)] += dy[oy * g.Wo + ox];
+              continue;
+            }
+            // 2x2 windows tile the plane but for an odd last row or column, which gets nothing.
+            if (gx.fresh) {
+              if (g.H % 2) std::fill(dplane + (g.H - 1) * g.W, dplane + HW, 0.0f);
+              if (g.W % 2)
+                for (std::size_t iy = 0; iy < 2 * g.Ho; ++iy) dplane[iy * g.W + g.W - 1] = 0.0f;
+            }
+            // Each window's four cells get dy or 0 by the forward pass's comparison chain (m_k:
+            // cell k beat the best so far). The comparisons are data-dependent, so the selection
+            // is by bit masks rather than branches, which would mispredict half the time.
+            auto windows = [&](auto store) {
+              for (std::size_t oy = 0; oy < g.Ho; ++oy) {
+                const float *r0 = plane + 2 * oy * g.W, *r1 = r0 + g.W;
+                float *d0 = dplane + 2 * oy * g.W, *d1 = d0 + g.W;
+                for (std::size_t ox = 0; ox < g.Wo; ++ox) {
+                  const float v0 = r0[2 * ox], v1 = r0[2 * ox + 1], v2 = r1[2 * ox],
+                              v3 = r1[2 * ox + 1];
+                  const float b1 = v1 > v0 ? v1 : v0, b2 = v2 > b1 ? v2 : b1;
+                  const std::uint32_t m1 = 0u - std::uint32_t(v1 > v0),
+                                      m2 = 0u - std::uint32_t(v2 > b1),
+                                      m3 = 0u - std::uint32_t(v3 > b2);
+                  const std::uint32_t gv = std::bit_cast<std::uint32_t>(dy[oy * g.Wo + ox]);
+                  store(d0[2 * ox], std::bit_cast<float>(gv & ~m1 & ~m2 & ~m3));
+                  store(d0[2 * ox + 1], std::bit_cast<float>(gv & m1 & ~m2 & ~m3));
+                  store(d1[2 * ox], std::bit_cast<float>(gv & m2 & ~m3));
+                  store(d1[2 * ox + 1], std::bit_cast<float>(gv & m3));
+                }
+              }
+            };
+            if (gx.fresh)
+              windows([](float& d, float v) { d = v; });
+            else
+              windows([](float& d, float v) { d += v; });
           }
-        }
-      };
-      if (gx.fresh)
-        windows([](float& d, float v) { d = v; });
-      else
-        windows([](float& d, float v) { d += v; });
-    }
+        });
   });
 }
 
@@ -467,34 +476,36 @@ inline var batch_norm(const var& x, const var& gamma, const var& beta, ftensor& 
                     shape_string(s)));
   std::vector<float> mu(C), istd(C);
   const float* px = x.value().data();
-  for (std::size_t c = 0; c < C; ++c) {
-    if (training) {
-      // Two passes (mean, then squared deviations) in float lanes summed per plane into
-      // doubles: vectorised, and no cancellation when the mean dwarfs the spread.
-      double s1 = 0, s2 = 0;
-      for (std::size_t n = 0; n < N; ++n) s1 += detail::sum_lanes(px + (n * C + c) * HW, HW);
-      const double mean = s1 / double(m);
-      for (std::size_t n = 0; n < N; ++n)
-        s2 += detail::sum_squared_deviation_lanes(px + (n * C + c) * HW, HW, mean);
-      const double var = s2 / double(m);
-      mu[c] = float(mean);
-      istd[c] = float(1.0 / std::sqrt(var + eps));
-      running_mean[c] = (1 - momentum) * running_mean[c] + momentum * float(mean);
-      running_var[c] = (1 - momentum) * running_var[c] + momentum * float(s2 / double(m - 1));
-    } else {
-      mu[c] = running_mean[c];
-      istd[c] = 1.0f / std::sqrt(running_var[c] + eps);
-    }
-  }
   ftensor y = detail::cache().take(s);
   const float *pg = gamma.value().data(), *pb = beta.value().data();
-  for (std::size_t n = 0; n < N; ++n)
-    for (std::size_t c = 0; c < C; ++c) {
+  // Channels are independent: split them across threads.
+  detail::parallel_chunks_if_large(C, x.size(), [&](std::size_t c0, std::size_t c1, unsigned) {
+    for (std::size_t c = c0; c < c1; ++c) {
+      if (training) {
+        // Two passes (mean, then squared deviations) in float lanes summed per plane into
+        // doubles: vectorised, and no cancellation when the mean dwarfs the spread.
+        double s1 = 0, s2 = 0;
+        for (std::size_t n = 0; n < N; ++n) s1 += detail::sum_lanes(px + (n * C + c) * HW, HW);
+        const double mean = s1 / double(m);
+        for (std::size_t n = 0; n < N; ++n)
+          s2 += detail::sum_squared_deviation_lanes(px + (n * C + c) * HW, HW, mean);
+        const double var = s2 / double(m);
+        mu[c] = float(mean);
+        istd[c] = float(1.0 / std::sqrt(var + eps));
+        running_mean[c] = (1 - momentum) * running_mean[c] + momentum * float(mean);
+        running_var[c] = (1 - momentum) * running_var[c] + momentum * float(s2 / double(m - 1));
+      } else {
+        mu[c] = running_mean[c];
+        istd[c] = 1.0f / std::sqrt(running_var[c] + eps);
+      }
       const float a = pg[c] * istd[c], b0 = pb[c] - mu[c] * a;
-      const float* p = px + (n * C + c) * HW;
-      float* q = y.data() + (n * C + c) * HW;
-      for (std::size_t i = 0; i < HW; ++i) q[i] = p[i] * a + b0;
+      for (std::size_t n = 0; n < N; ++n) {
+        const float* p = px + (n * C + c) * HW;
+        float* q = y.data() + (n * C + c) * HW;
+        for (std::size_t i = 0; i < HW; ++i) q[i] = p[i] * a + b0;
+      }
     }
+  });
   return detail::make_result(
       std::move(y), {x, gamma, beta}, "batch_norm",
       [N, C, HW, m, mu = std::move(mu), istd = std::move(istd), training](node& self) {
@@ -503,31 +514,34 @@ inline var batch_norm(const var& x, const var& gamma, const var& beta, ftensor& 
         ftensor* gg = detail::parent_grad(self, 1);
         ftensor* gb = detail::parent_grad(self, 2);
         const detail::grad_target gx = detail::parent_grad_target(self, 0);
-        for (std::size_t c = 0; c < C; ++c) {
-          const float mean = mu[c], is = istd[c];
-          double s_dy = 0, s_dyxc = 0;  // sum(dy), sum(dy * (x - mean))
-          for (std::size_t n = 0; n < N; ++n)
-            detail::add_sums_dy_dyxc(G + (n * C + c) * HW, px + (n * C + c) * HW, HW, mean, s_dy,
-                                     s_dyxc);
-          const float sdy = float(s_dy), sdyxh = float(s_dyxc * is);  // sum(dy * xh)
-          if (gg) (*gg)[c] += sdyxh;
-          if (gb) (*gb)[c] += sdy;
-          if (!gx) continue;
-          // dx = k (dy - mdy - (x - mean) istd mdyxh) = k dy + (x - mean) u + v. In eval mode
-          // the statistics are constants: dx = dy * gamma * istd.
-          const float k = pg[c] * is;
-          const float mdy = training ? sdy / float(m) : 0.0f,
-                      mdyxh = training ? sdyxh / float(m) : 0.0f;
-          const float u = -k * is * mdyxh, v = -k * mdy;
-          for (std::size_t n = 0; n < N; ++n) {
-            const float *p = px + (n * C + c) * HW, *d = G + (n * C + c) * HW;
-            float* q = gx.data + (n * C + c) * HW;
-            if (gx.fresh)
-              for (std::size_t i = 0; i < HW; ++i) q[i] = k * d[i] + (p[i] - mean) * u + v;
-            else
-              for (std::size_t i = 0; i < HW; ++i) q[i] += k * d[i] + (p[i] - mean) * u + v;
-          }
-        }
+        detail::parallel_chunks_if_large(
+            C, N * C * HW, [&](std::size_t c0, std::size_t c1, unsigned) {
+              for (std::size_t c = c0; c < c1; ++c) {
+                const float mean = mu[c], is = istd[c];
+                double s_dy = 0, s_dyxc = 0;  // sum(dy), sum(dy * (x - mean))
+                for (std::size_t n = 0; n < N; ++n)
+                  detail::add_sums_dy_dyxc(G + (n * C + c) * HW, px + (n * C + c) * HW, HW, mean,
+                                           s_dy, s_dyxc);
+                const float sdy = float(s_dy), sdyxh = float(s_dyxc * is);  // sum(dy * xh)
+                if (gg) (*gg)[c] += sdyxh;
+                if (gb) (*gb)[c] += sdy;
+                if (!gx) continue;
+                // dx = k (dy - mdy - (x - mean) istd mdyxh) = k dy + (x - mean) u + v. In eval mode
+                // the statistics are constants: dx = dy * gamma * istd.
+                const float k = pg[c] * is;
+                const float mdy = training ? sdy / float(m) : 0.0f,
+                            mdyxh = training ? sdyxh / float(m) : 0.0f;
+                const float u = -k * is * mdyxh, v = -k * mdy;
+                for (std::size_t n = 0; n < N; ++n) {
+                  const float *p = px + (n * C + c) * HW, *d = G + (n * C + c) * HW;
+                  float* q = gx.data + (n * C + c) * HW;
+                  if (gx.fresh)
+                    for (std::size_t i = 0; i < HW; ++i) q[i] = k * d[i] + (p[i] - mean) * u + v;
+                  else
+                    for (std::size_t i = 0; i < HW; ++i) q[i] += k * d[i] + (p[i] - mean) * u + v;
+                }
+              }
+            });
       });
 }
 

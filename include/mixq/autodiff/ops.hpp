@@ -11,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include "mixq/autodiff/parallel.hpp"
 #include "mixq/autodiff/var.hpp"
 #include "mixq/kernels/gemm_f32.hpp"
 
@@ -109,17 +110,22 @@ template <class Fwd, class D>
 var unary_op(const var& x, const char* op, Fwd fwd, D d) {
   ftensor y = detail::cache().take(x.shape());
   const float* px = x.value().data();
-  for (std::size_t i = 0; i < y.size(); ++i) y[i] = fwd(px[i]);
+  float* py = y.data();
+  parallel_chunks_if_large(y.size(), y.size(), [&](std::size_t b, std::size_t e, unsigned) {
+    for (std::size_t i = b; i < e; ++i) py[i] = fwd(px[i]);
+  });
   return make_result(std::move(y), {x}, op, [d](node& self) {
     const grad_target gx = parent_grad_target(self, 0);
     if (!gx) return;
     const float *px = self.parents[0]->value.data(), *py = self.value.data(), *g = self.grad.data();
     float* p = gx.data;
     const std::size_t n = self.value.size();
-    if (gx.fresh)
-      for (std::size_t i = 0; i < n; ++i) p[i] = g[i] * d(px[i], py[i]);
-    else
-      for (std::size_t i = 0; i < n; ++i) p[i] += g[i] * d(px[i], py[i]);
+    parallel_chunks_if_large(n, n, [&](std::size_t b, std::size_t e, unsigned) {
+      if (gx.fresh)
+        for (std::size_t i = b; i < e; ++i) p[i] = g[i] * d(px[i], py[i]);
+      else
+        for (std::size_t i = b; i < e; ++i) p[i] += g[i] * d(px[i], py[i]);
+    });
   });
 }
 
