@@ -19,6 +19,10 @@ namespace mixq::autodiff {
 
 using ftensor = tensor<float>;
 
+/// The default bound on the storage the tensor cache keeps: several steps' worth of a small
+/// CNN's activations and gradients.
+inline constexpr std::size_t default_tensor_cache_limit = std::size_t(256) << 20;
+
 namespace detail {
 using mixq::detail::cat;
 
@@ -80,6 +84,12 @@ class tensor_cache {
     while (bytes_ > limit_) bytes_ -= free_[drop++].size() * sizeof(float);
     free_.erase(free_.begin(), free_.begin() + long(drop));
   }
+  void clear() {
+    std::vector<ftensor> gone;
+    std::lock_guard lock(mutex_);
+    gone.swap(free_);
+    bytes_ = 0;
+  }
   std::size_t bytes() {
     std::lock_guard lock(mutex_);
     return bytes_;
@@ -88,7 +98,7 @@ class tensor_cache {
  private:
   std::mutex mutex_;
   std::vector<ftensor> free_;  // oldest first
-  std::size_t bytes_ = 0, limit_ = std::size_t(1) << 30;
+  std::size_t bytes_ = 0, limit_ = default_tensor_cache_limit;
 };
 
 /// The process-wide cache. Never destroyed, so that nodes released during static
@@ -103,15 +113,13 @@ inline tensor_cache& cache() {
 inline std::size_t tensor_cache_bytes() {
   return detail::cache().bytes();
 }
-/// Caps the kept storage (default 1 GiB; 0 keeps none) and frees what exceeds the cap.
+/// Caps the kept storage (default_tensor_cache_limit; 0 keeps none) and frees what exceeds it.
 inline void set_tensor_cache_limit(std::size_t bytes) {
   detail::cache().set_limit(bytes);
 }
 /// Frees all kept storage (the limit stays).
 inline void release_tensor_cache() {
-  auto& c = detail::cache();
-  c.set_limit(0);
-  c.set_limit(std::size_t(1) << 30);
+  detail::cache().clear();
 }
 
 /// One value in the graph. Leaves (parameters, inputs) have no parents and no backward.
