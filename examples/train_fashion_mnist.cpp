@@ -1,5 +1,6 @@
 // Trains a small CNN on Fashion-MNIST in FP32 with mixq's autodiff and nn layers:
-// conv 1->32 3x3, BN, ReLU, max-pool, conv 32->64 3x3, BN, ReLU, max-pool, linear 3136->10;
+// nn::fashion_cnn (conv 1->32 3x3, BN, ReLU, max-pool, conv 32->64 3x3, BN, ReLU, max-pool,
+// linear 3136->10);
 // SGD with Nesterov momentum, weight decay on conv/linear weights only, cosine schedule.
 //
 //   train_fashion_mnist [--epochs 4] [--batch 64] [--lr 0.01] [--seed 1]
@@ -18,21 +19,6 @@ namespace nn = mixq::nn;
 namespace data = mixq::data;
 
 namespace {
-std::shared_ptr<nn::sequential> make_cnn(std::mt19937& rng) {
-  auto net = std::make_shared<nn::sequential>();
-  net->add(std::make_shared<nn::conv2d>(1, 32, 3, 1, 1, 1, false, rng));
-  net->add(std::make_shared<nn::batch_norm2d>(32));
-  net->add(std::make_shared<nn::relu>());
-  net->add(std::make_shared<nn::max_pool2d>(2));
-  net->add(std::make_shared<nn::conv2d>(32, 64, 3, 1, 1, 1, false, rng));
-  net->add(std::make_shared<nn::batch_norm2d>(64));
-  net->add(std::make_shared<nn::relu>());
-  net->add(std::make_shared<nn::max_pool2d>(2));
-  net->add(std::make_shared<nn::flatten>());
-  net->add(std::make_shared<nn::linear>(64 * 7 * 7, 10, true, rng));
-  return net;
-}
-
 /// Standardises pixels with Fashion-MNIST's training mean and deviation.
 void standardise(data::dataset& ds) {
   for (auto& v : ds.images) v = (v - 0.2860f) / 0.3530f;
@@ -79,7 +65,7 @@ int main(int argc, char** argv) {
     standardise(sets.train);
     standardise(sets.test);
     std::mt19937 rng(seed);
-    auto net = make_cnn(rng);
+    auto net = nn::fashion_cnn(rng);
     // Weight decay on conv/linear weights; none on biases and batch-norm parameters.
     nn::param_group decayed{{}, lr, 0.9f, 5e-4f, true}, plain{{}, lr, 0.9f, 0.0f, true};
     for (auto& [name, p] : net->named_parameters())

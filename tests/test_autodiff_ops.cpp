@@ -424,3 +424,86 @@ TEST_CASE("conv2d gives the same values and gradients on 1 and several threads")
   CHECK(threads() == 1);
   set_threads(saved);
 }
+
+TEST_CASE("batch norm, relu and max-pool give identical results on 1 and several threads") {
+  // Large enough (>= parallel_min_elements) that the ops split their work.
+  std::mt19937 rng(12);
+  const ftensor x = random_tensor({4, 8, 48, 48}, rng), gamma = random_tensor({8}, rng),
+                beta = random_tensor({8}, rng), r = random_tensor({4, 8, 24, 24}, rng);
+  REQUIRE(x.size() >= autodiff::detail::parallel_min_elements);
+  const unsigned saved = threads();
+  std::vector<ftensor> results;
+  for (unsigned t : {1u, 3u}) {
+    set_threads(t);
+    var xv = var::parameter(x), gv = var::parameter(gamma), bv = var::parameter(beta);
+    ftensor mean({8}, 0.0f), variance({8}, 1.0f);
+    const var y = max_pool2d(relu(batch_norm(xv, gv, bv, mean, variance, true)), 2);
+    backward(y, &r);
+    results.insert(results.end(), {y.value(), xv.grad(), gv.grad(), bv.grad(), mean, variance});
+  }
+  set_threads(saved);
+  const std::size_t per_run = results.size() / 2;
+  for (std::size_t i = 0; i < per_run; ++i) CHECK(results[i] == results[i + per_run]);
+}
+
+TEST_CASE("tensor cache: ops overwrite recycled storage; limit and release") {
+  // Large enough (>= 16 Ki elements) that outputs and gradients come from the cache.
+  std::mt19937 rng(13);
+  const ftensor x = random_tensor({4, 16, 32, 32}, rng), w = random_tensor({16, 16, 3, 3}, rng),
+                gamma = random_tensor({16}, rng), beta = random_tensor({16}, rng),
+                scale = random_tensor({1, 16, 1, 1}, rng),
+                lw = random_tensor({3, 16 * 16 * 16}, rng),
+                m = random_tensor({16 * 16 * 16, 16}, rng);
+  // Every op that takes storage from the cache, forward and backward.
+  auto run = [&] {
+    var xv = var::parameter(x), wv = var::parameter(w), gv = var::parameter(gamma),
+        bv = var::parameter(beta), sv = var::parameter(scale), lv = var::parameter(lw),
+        mv = var::parameter(m);
+    ftensor mean({16}, 0.0f), variance({16}, 1.0f);
+    const var c = conv2d(xv, wv, var(), 1, 1);  // [4, 16, 32, 32]
+    const var h = mul(relu(batch_norm(c, gv, bv, mean, variance, true)), sv);
+    const var p = add(max_pool2d(h, 2), avg_pool2d(h, 2));  // [4, 16, 16, 16]
+    const var f = reshape(tanh(p), {4, 16 * 16 * 16});
+    const var wide = concat({f, f}, 0);  // [8, 4096]
+    const var logits = linear(wide, lv);
+    const var extra = sum(softmax(matmul(wide, mv), -1)) + sum(log_softmax(wide, 1)) +
+                      sum(sum(wide, 0)) + sum(max(wide, 1)) + sum(global_avg_pool2d(h));
+    const std::vector<int> labels{0, 1, 2, 1, 2, 0, 0, 1};
+    const var loss = cross_entropy(logits, labels) + extra * 1e-3f;
+    backward(loss);
+    std::vector<ftensor> out{loss.value(), xv.grad(), wv.grad(), gv.grad(), bv.grad(),
+                             sv.grad(),    lv.grad(), mv.grad(), mean,      variance};
+    std::vector<std::size_t> sizes;  // every node's element count, for poisoning
+    std::vector<node*> todo{loss.get()};
+    while (!todo.empty()) {
+      node* n = todo.back();
+      todo.pop_back();
+      sizes.push_back(n->value.size());
+      for (auto& q : n->parents) todo.push_back(q.get());
+    }
+    return std::pair{out, sizes};
+  };
+  set_tensor_cache_limit(0);
+  const auto [reference, sizes] = run();
+  CHECK(tensor_cache_bytes() == 0);
+  set_tensor_cache_limit(default_tensor_cache_limit);
+  // Fill the cache with NaN storage of every size the graph uses, twice over.
+  for (int k = 0; k < 2; ++k) {
+    std::vector<var> poison;
+    for (std::size_t n : sizes) poison.push_back(constant(ftensor({n}, std::nanf(""))));
+  }
+  CHECK(tensor_cache_bytes() > 0);
+  const auto again = run().first;
+  REQUIRE(again.size() == reference.size());
+  for (std::size_t i = 0; i < reference.size(); ++i) {
+    CAPTURE(i);
+    CHECK(again[i] == reference[i]);
+  }
+  CHECK(tensor_cache_bytes() > 0);
+  CHECK(tensor_cache_bytes() <= default_tensor_cache_limit);
+  set_tensor_cache_limit(1 << 20);
+  CHECK(tensor_cache_bytes() <= (1u << 20));
+  release_tensor_cache();
+  CHECK(tensor_cache_bytes() == 0);
+  set_tensor_cache_limit(default_tensor_cache_limit);
+}

@@ -277,3 +277,25 @@ TEST_CASE("progress bar redraws one line on a terminal") {
   CHECK(std::count(text.begin(), text.end(), '\n') == 1);
   CHECK(bar.line(2, s).find("ETA") != std::string::npos);
 }
+
+TEST_CASE("fashion_cnn: the example CNN's layers, parameter shapes and output") {
+  std::mt19937 rng(21);
+  const auto net = fashion_cnn(rng);
+  REQUIRE(net->size() == 10);
+  // conv 1->32 3x3 (no bias), BN 32, conv 32->64 3x3 (no bias), BN 64, linear 64*7*7 -> 10.
+  const std::vector<std::pair<std::string, shape_t>> expected = {
+      {"0.weight", {32, 1, 3, 3}},    {"1.weight", {32}}, {"1.bias", {32}},
+      {"4.weight", {64, 32, 3, 3}},   {"5.weight", {64}}, {"5.bias", {64}},
+      {"9.weight", {10, 64 * 7 * 7}}, {"9.bias", {10}}};
+  const auto params = net->named_parameters();
+  REQUIRE(params.size() == expected.size());
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    CHECK(params[i].first == expected[i].first);
+    CHECK(params[i].second.shape() == expected[i].second);
+  }
+  const ad::var y = (*net)(ad::constant(randn({3, 1, 28, 28}, rng)));
+  CHECK(y.shape() == shape_t{3, 10});
+  for (float v : y.value()) CHECK(std::isfinite(v));
+  CHECK(fashion_cnn(rng, 4)->named_parameters().back().second.shape() == shape_t{4});
+  CHECK_THROWS_AS(fashion_cnn(rng, 0), shape_error);
+}

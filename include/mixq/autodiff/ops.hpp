@@ -11,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include "mixq/autodiff/parallel.hpp"
 #include "mixq/autodiff/var.hpp"
 #include "mixq/kernels/gemm_f32.hpp"
 
@@ -81,7 +82,7 @@ template <class Fwd, class Da, class Db>
 var binary_op(const var& a, const var& b, const char* op, Fwd fwd, Da da, Db db) {
   const shape_t out = broadcast_shapes(a.shape(), b.shape(), op);
   auto sa = broadcast_strides(a.shape(), out), sb = broadcast_strides(b.shape(), out);
-  ftensor y(out);
+  ftensor y = detail::cache().take(out);
   const float *pa = a.value().data(), *pb = b.value().data();
   float* py = y.data();
   broadcast_walk(out, sa, sb,
@@ -107,15 +108,24 @@ var binary_op(const var& a, const var& b, const char* op, Fwd fwd, Da da, Db db)
 /// Shared body of pointwise unary ops: y = f(x), dy/dx = d(x, y).
 template <class Fwd, class D>
 var unary_op(const var& x, const char* op, Fwd fwd, D d) {
-  ftensor y(x.shape());
+  ftensor y = detail::cache().take(x.shape());
   const float* px = x.value().data();
-  for (std::size_t i = 0; i < y.size(); ++i) y[i] = fwd(px[i]);
+  float* py = y.data();
+  parallel_chunks_if_large(y.size(), y.size(), [&](std::size_t b, std::size_t e, unsigned) {
+    for (std::size_t i = b; i < e; ++i) py[i] = fwd(px[i]);
+  });
   return make_result(std::move(y), {x}, op, [d](node& self) {
-    ftensor* gx = parent_grad(self, 0);
+    const grad_target gx = parent_grad_target(self, 0);
     if (!gx) return;
     const float *px = self.parents[0]->value.data(), *py = self.value.data(), *g = self.grad.data();
-    float* p = gx->data();
-    for (std::size_t i = 0; i < self.value.size(); ++i) p[i] += g[i] * d(px[i], py[i]);
+    float* p = gx.data;
+    const std::size_t n = self.value.size();
+    parallel_chunks_if_large(n, n, [&](std::size_t b, std::size_t e, unsigned) {
+      if (gx.fresh)
+        for (std::size_t i = b; i < e; ++i) p[i] = g[i] * d(px[i], py[i]);
+      else
+        for (std::size_t i = b; i < e; ++i) p[i] += g[i] * d(px[i], py[i]);
+    });
   });
 }
 
@@ -317,18 +327,18 @@ inline var matmul(const var& a, const var& b) {
     throw shape_error(detail::cat("matmul: needs [M, K] x [K, N], got ", shape_string(a.shape()),
                                   " x ", shape_string(b.shape())));
   const std::size_t M = a.shape()[0], K = a.shape()[1], N = b.shape()[1];
-  ftensor y({M, N});
+  ftensor y = detail::cache().take({M, N});
   kernels::gemm_f32(transpose::no, transpose::no, M, N, K, 1.0f, a.value().data(), K,
                     b.value().data(), N, 0.0f, y.data(), N);
   return detail::make_result(std::move(y), {a, b}, "matmul", [M, N, K](node& self) {
     const float *A = self.parents[0]->value.data(), *B = self.parents[1]->value.data();
     const float* G = self.grad.data();
-    if (ftensor* ga = detail::parent_grad(self, 0))
-      kernels::gemm_f32(transpose::no, transpose::yes, M, K, N, 1.0f, G, N, B, N, 1.0f, ga->data(),
-                        K);
-    if (ftensor* gb = detail::parent_grad(self, 1))
-      kernels::gemm_f32(transpose::yes, transpose::no, K, N, M, 1.0f, A, K, G, N, 1.0f, gb->data(),
-                        N);
+    if (const auto ga = detail::parent_grad_target(self, 0))
+      kernels::gemm_f32(transpose::no, transpose::yes, M, K, N, 1.0f, G, N, B, N,
+                        ga.fresh ? 0.0f : 1.0f, ga.data, K);
+    if (const auto gb = detail::parent_grad_target(self, 1))
+      kernels::gemm_f32(transpose::yes, transpose::no, K, N, M, 1.0f, A, K, G, N,
+                        gb.fresh ? 0.0f : 1.0f, gb.data, N);
   });
 }
 
@@ -344,7 +354,7 @@ inline var linear(const var& x, const var& w, const var& b = var()) {
   if (has_b && (b.shape().size() != 1 || b.shape()[0] != O))
     throw shape_error(
         detail::cat("linear: bias has shape ", shape_string(b.shape()), ", expected [", O, "]"));
-  ftensor y({N, O});
+  ftensor y = detail::cache().take({N, O});
   if (has_b)
     for (std::size_t n = 0; n < N; ++n) std::copy_n(b.value().data(), O, y.data() + n * O);
   kernels::gemm_f32(transpose::no, transpose::yes, N, O, I, 1.0f, x.value().data(), I,
@@ -354,12 +364,12 @@ inline var linear(const var& x, const var& w, const var& b = var()) {
   return detail::make_result(std::move(y), std::move(parents), "linear", [N, I, O](node& self) {
     const float *X = self.parents[0]->value.data(), *W = self.parents[1]->value.data();
     const float* G = self.grad.data();
-    if (ftensor* gx = detail::parent_grad(self, 0))
-      kernels::gemm_f32(transpose::no, transpose::no, N, I, O, 1.0f, G, O, W, I, 1.0f, gx->data(),
-                        I);
-    if (ftensor* gw = detail::parent_grad(self, 1))
-      kernels::gemm_f32(transpose::yes, transpose::no, O, I, N, 1.0f, G, O, X, I, 1.0f, gw->data(),
-                        I);
+    if (const auto gx = detail::parent_grad_target(self, 0))
+      kernels::gemm_f32(transpose::no, transpose::no, N, I, O, 1.0f, G, O, W, I,
+                        gx.fresh ? 0.0f : 1.0f, gx.data, I);
+    if (const auto gw = detail::parent_grad_target(self, 1))
+      kernels::gemm_f32(transpose::yes, transpose::no, O, I, N, 1.0f, G, O, X, I,
+                        gw.fresh ? 0.0f : 1.0f, gw.data, I);
     if (self.parents.size() > 2)
       if (ftensor* gb = detail::parent_grad(self, 2))
         for (std::size_t n = 0; n < N; ++n)
@@ -371,10 +381,19 @@ inline var linear(const var& x, const var& w, const var& b = var()) {
 
 /// The same elements under another shape. dx = reshape(dy).
 inline var reshape(const var& x, shape_t shape) {
-  ftensor y = x.value().reshaped(std::move(shape));
+  if (shape_numel(shape) != x.size())
+    throw shape_error(detail::cat("reshape: cannot reshape ", shape_string(x.shape()), " (",
+                                  x.size(), " elements) to ", shape_string(shape)));
+  ftensor y = detail::cache().take(std::move(shape));
+  std::copy(x.value().begin(), x.value().end(), y.begin());
   return detail::make_result(std::move(y), {x}, "reshape", [](node& self) {
-    if (ftensor* gx = detail::parent_grad(self, 0))
-      for (std::size_t i = 0; i < gx->size(); ++i) (*gx)[i] += self.grad[i];
+    if (const auto gx = detail::parent_grad_target(self, 0)) {
+      const float* g = self.grad.data();
+      if (gx.fresh)
+        std::copy(g, g + self.grad.size(), gx.data);
+      else
+        for (std::size_t i = 0; i < self.grad.size(); ++i) gx.data[i] += g[i];
+    }
   });
 }
 /// [N, ...] -> [N, prod(...)].
@@ -401,7 +420,7 @@ inline var concat(const std::vector<var>& xs, int axis = 0) {
     out[ax] += s[ax];
   }
   const auto sp = detail::split_at(out, ax);
-  ftensor y(out);
+  ftensor y = detail::cache().take(out);
   std::size_t off = 0;
   std::vector<std::size_t> offsets;
   for (const auto& x : xs) {
@@ -449,7 +468,7 @@ inline var sum(const var& x, int axis, bool keepdim = false) {
     out[ax] = 1;
   else
     out.erase(out.begin() + long(ax));
-  ftensor y(out, 0.0f);
+  ftensor y = detail::cache().take(out, 0.0f);
   const float* px = x.value().data();
   for (std::size_t o = 0; o < sp.outer; ++o)
     for (std::size_t k = 0; k < sp.n; ++k)
@@ -490,7 +509,7 @@ inline var max(const var& x, int axis, bool keepdim = false) {
     out[ax] = 1;
   else
     out.erase(out.begin() + long(ax));
-  ftensor y(out);
+  ftensor y = detail::cache().take(out);
   std::vector<std::uint32_t> arg(y.size(), 0);
   const float* px = x.value().data();
   for (std::size_t o = 0; o < sp.outer; ++o)
@@ -516,7 +535,7 @@ inline var max(const var& x, int axis, bool keepdim = false) {
 inline var softmax(const var& x, int axis = -1) {
   const std::size_t ax = detail::resolve_axis(axis, x.shape().size(), "softmax");
   const auto sp = detail::split_at(x.shape(), ax);
-  ftensor y(x.shape());
+  ftensor y = detail::cache().take(x.shape());
   const float* px = x.value().data();
   for (std::size_t o = 0; o < sp.outer; ++o)
     for (std::size_t i = 0; i < sp.inner; ++i) {
@@ -545,7 +564,7 @@ inline var softmax(const var& x, int axis = -1) {
 inline var log_softmax(const var& x, int axis = -1) {
   const std::size_t ax = detail::resolve_axis(axis, x.shape().size(), "log_softmax");
   const auto sp = detail::split_at(x.shape(), ax);
-  ftensor y(x.shape());
+  ftensor y = detail::cache().take(x.shape());
   const float* px = x.value().data();
   for (std::size_t o = 0; o < sp.outer; ++o)
     for (std::size_t i = 0; i < sp.inner; ++i) {

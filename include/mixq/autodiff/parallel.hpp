@@ -1,4 +1,6 @@
-// The thread count the autodiff ops use to split a batch (conv2d), and a small parallel-for.
+// The thread count the autodiff ops use to split their work (conv2d over the batch; batch
+// norm over channels; pooling over planes; pointwise ops over elements), and a small
+// parallel-for.
 // Default: std::thread::hardware_concurrency(); set_threads(1) keeps everything on the caller.
 #pragma once
 
@@ -7,6 +9,7 @@
 #include <cstddef>
 #include <exception>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace mixq::autodiff {
@@ -52,6 +55,21 @@ unsigned parallel_chunks(std::size_t n, F&& f) {
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
   return t;
+}
+
+/// Element counts below this run on the calling thread: starting threads costs tens of
+/// microseconds, more than a pointwise pass over this many floats.
+inline constexpr std::size_t parallel_min_elements = std::size_t(1) << 16;
+
+/// parallel_chunks over [0, n) when the op touches at least parallel_min_elements values in
+/// all (`elements`), else one chunk on the calling thread.
+template <class F>
+unsigned parallel_chunks_if_large(std::size_t n, std::size_t elements, F&& f) {
+  if (elements < parallel_min_elements || threads() <= 1) {
+    f(std::size_t{0}, n, 0u);
+    return 1;
+  }
+  return parallel_chunks(n, std::forward<F>(f));
 }
 }  // namespace detail
 

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_set>
 #include <utility>
@@ -18,6 +19,109 @@ namespace mixq::autodiff {
 
 using ftensor = tensor<float>;
 
+/// The default bound on the storage the tensor cache keeps: several steps' worth of a small
+/// CNN's activations and gradients.
+inline constexpr std::size_t default_tensor_cache_limit = std::size_t(256) << 20;
+
+namespace detail {
+using mixq::detail::cat;
+
+/// Keeps the storage of large tensors that graph nodes release, for the next op that needs
+/// a tensor of the same element count. A training step allocates the same activations and
+/// gradients (megabytes each) every time; without this, the allocator returns them to the
+/// system at the end of each step and the next step pays page faults and zero-fills on fresh
+/// memory, which cost more than the arithmetic of a small CNN. Bounded by a byte limit
+/// (oldest entries go first); thread-safe.
+class tensor_cache {
+ public:
+  /// Smaller tensors go to and come from the allocator directly.
+  static constexpr std::size_t min_elements = 1 << 14;
+
+  /// A tensor of `shape` with unspecified contents: the caller overwrites every element.
+  ftensor take(shape_t shape) {
+    const std::size_t n = shape_numel(shape);
+    if (n >= min_elements) {
+      std::lock_guard lock(mutex_);
+      for (std::size_t i = free_.size(); i-- > 0;)
+        if (free_[i].size() == n) {
+          ftensor t = std::move(free_[i]);
+          free_.erase(free_.begin() + long(i));
+          bytes_ -= n * sizeof(float);
+          t.reshape(std::move(shape));
+          return t;
+        }
+    }
+    return ftensor(std::move(shape));
+  }
+  /// A tensor of `shape` filled with `value`.
+  ftensor take(shape_t shape, float value) {
+    ftensor t = take(std::move(shape));
+    t.fill(value);
+    return t;
+  }
+  /// Takes over t's storage if it is large enough and fits the limit; leaves t empty.
+  void give(ftensor& t) noexcept {
+    const std::size_t n = t.size(), b = n * sizeof(float);
+    if (n >= min_elements) {
+      std::lock_guard lock(mutex_);
+      if (b <= limit_) {
+        std::size_t drop = 0;  // oldest first
+        while (bytes_ + b > limit_) bytes_ -= free_[drop++].size() * sizeof(float);
+        free_.erase(free_.begin(), free_.begin() + long(drop));
+        try {
+          free_.push_back(std::move(t));
+          bytes_ += b;
+        } catch (...) {  // no room to remember it: let it be freed
+        }
+      }
+    }
+    t = ftensor();
+  }
+  void set_limit(std::size_t bytes) {
+    std::lock_guard lock(mutex_);
+    limit_ = bytes;
+    std::size_t drop = 0;
+    while (bytes_ > limit_) bytes_ -= free_[drop++].size() * sizeof(float);
+    free_.erase(free_.begin(), free_.begin() + long(drop));
+  }
+  void clear() {
+    std::vector<ftensor> gone;
+    std::lock_guard lock(mutex_);
+    gone.swap(free_);
+    bytes_ = 0;
+  }
+  std::size_t bytes() {
+    std::lock_guard lock(mutex_);
+    return bytes_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<ftensor> free_;  // oldest first
+  std::size_t bytes_ = 0, limit_ = default_tensor_cache_limit;
+};
+
+/// The process-wide cache. Never destroyed, so that nodes released during static
+/// destruction can still reach it.
+inline tensor_cache& cache() {
+  static tensor_cache* c = new tensor_cache;
+  return *c;
+}
+}  // namespace detail
+
+/// Bytes of released tensor storage the autodiff ops keep for reuse (see tensor_cache).
+inline std::size_t tensor_cache_bytes() {
+  return detail::cache().bytes();
+}
+/// Caps the kept storage (default_tensor_cache_limit; 0 keeps none) and frees what exceeds it.
+inline void set_tensor_cache_limit(std::size_t bytes) {
+  detail::cache().set_limit(bytes);
+}
+/// Frees all kept storage (the limit stays).
+inline void release_tensor_cache() {
+  detail::cache().clear();
+}
+
 /// One value in the graph. Leaves (parameters, inputs) have no parents and no backward.
 struct node {
   ftensor value;
@@ -28,15 +132,26 @@ struct node {
   bool is_leaf = true;
   const char* op = "leaf";
 
+  node() = default;
+  node(const node&) = delete;
+  node& operator=(const node&) = delete;
+  /// Hands the value and gradient storage to the cache for the next step's ops.
+  ~node() {
+    detail::cache().give(value);
+    detail::cache().give(grad);
+  }
+
   /// The gradient buffer, allocated (zero) on first use.
   ftensor& grad_buffer() {
-    if (grad.shape() != value.shape()) grad = ftensor(value.shape(), 0.0f);
+    if (grad.shape() != value.shape()) {
+      detail::cache().give(grad);
+      grad = detail::cache().take(value.shape(), 0.0f);
+    }
     return grad;
   }
 };
 
 namespace detail {
-using mixq::detail::cat;
 inline bool& grad_mode() {
   thread_local bool enabled = true;
   return enabled;
@@ -137,6 +252,24 @@ inline ftensor* parent_grad(node& self, std::size_t i) {
   node& p = *self.parents[i];
   return p.requires_grad ? &p.grad_buffer() : nullptr;
 }
+
+/// Parent i's gradient buffer for an op that writes every element of it. When no gradient
+/// has flowed there yet, the buffer is new with unspecified contents and `fresh` is set: the
+/// op stores its contribution instead of adding it, which saves zero-filling and re-reading
+/// megabytes per layer. Take it just before writing (a parent may appear twice).
+struct grad_target {
+  float* data = nullptr;
+  bool fresh = false;
+  explicit operator bool() const noexcept { return data != nullptr; }
+};
+inline grad_target parent_grad_target(node& self, std::size_t i) {
+  node& p = *self.parents[i];
+  if (!p.requires_grad) return {};
+  if (p.grad.shape() == p.value.shape()) return {p.grad.data(), false};
+  cache().give(p.grad);
+  p.grad = cache().take(p.value.shape());
+  return {p.grad.data(), true};
+}
 }  // namespace detail
 
 /// Reverse-mode sweep from `loss`: seeds d loss/d loss = `seed` (ones by default; a
@@ -165,15 +298,20 @@ inline void backward(const var& loss, const ftensor* seed = nullptr) {
       stack.pop_back();
     }
   }
+  // Interior gradients restart from zero; their buffers are allocated when the first
+  // gradient flows in, so the storage released here can serve them.
   for (node* n : order)
-    if (!n->is_leaf) n->grad = ftensor(n->value.shape(), 0.0f);
+    if (!n->is_leaf) detail::cache().give(n->grad);
   ftensor& g = root->grad_buffer();
   if (seed)
     for (std::size_t i = 0; i < g.size(); ++i) g[i] += (*seed)[i];
   else
     g[0] += 1.0f;
   for (auto it = order.rbegin(); it != order.rend(); ++it)
-    if ((*it)->backward_fn) (*it)->backward_fn(**it);
+    if ((*it)->backward_fn) {
+      (*it)->grad_buffer();  // zeros if nothing flowed here (every backward is linear in it)
+      (*it)->backward_fn(**it);
+    }
 }
 
 }  // namespace mixq::autodiff
