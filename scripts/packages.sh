@@ -4,3 +4,5 @@ MIXQ_BUILD_PACKAGES=(cmake g++ make libxsimd-dev doctest-dev libbenchmark-dev zl
 MIXQ_BENCH_PACKAGES=(libopenblas-dev libdnnl-dev)
 # The data set the examples train on.
 MIXQ_DATA_PACKAGES=(dataset-fashion-mnist)
+# libFuzzer for the model-file parser (scripts/fuzz.sh).
+MIXQ_FUZZ_PACKAGES=(clang libclang-rt-14-dev)

@@ -54,7 +54,7 @@ layer random_quantized(std::mt19937& rng, std::uint32_t in, std::uint32_t out, s
   }
   for (std::size_t c = 0; c < out; ++c) l.mul.push_back(u(rng)), l.add.push_back(u(rng) - 1.0f);
   l.input.bits = abits;
-  l.input.scale = 0.05f * u(rng);
+  l.input.alpha = 2.0f * u(rng);
   return l;
 }
 
@@ -125,10 +125,13 @@ ref_tensor reference_layer(const layer& l, const ref_tensor& x) {
               }
               for (std::size_t ci = 0; ci < cin_g; ++ci) {
                 // The activation on its grid, the weight decoded from its code.
-                const double code = std::clamp(
-                    std::nearbyint(float(x.v[base + g * cin_g + ci]) * (1.0f / l.input.scale)),
-                    0.0f, float((1 << l.input.bits) - 1));
-                const double a = code * double(l.input.scale);
+                // PACT's grid by its definition: round(L * clip(x, 0, alpha) / alpha).
+                const float L = float((1 << l.input.bits) - 1);
+                const float u =
+                    std::clamp(float(x.v[base + g * cin_g + ci]), 0.0f, l.input.alpha) /
+                    l.input.alpha;
+                const double code = std::nearbyint(L * u);
+                const double a = code * double(l.input.alpha) / double(L);
                 const std::size_t wc = l.weight_scale.size() > 1 ? o : 0;
                 const double wv = double(l.weight_scale[wc]) *
                                   (double(l.weight_codes[((o * k + ky) * k + kx) * cin_g + ci]) -

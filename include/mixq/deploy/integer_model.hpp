@@ -54,19 +54,25 @@ inline const char* op_name(op_kind k) {
   return "unknown";
 }
 
-/// How a quantized layer turns its float input into unsigned codes: the activation grid
-/// value = scale * code, code = clamp(round(x / scale), 0, 2^bits - 1) with round half to
-/// even, i.e. PACT's alpha * round(clip(x, 0, alpha) / alpha * L) / L with scale = alpha / L.
+/// How a quantized layer turns its float input into unsigned codes: PACT's one-sided grid,
+/// code = round(L * clip(x, 0, alpha) / alpha) (half to even), L = 2^bits - 1, value =
+/// (alpha / L) * code; the same arithmetic as quant::pact_codes, so codes agree bit for bit.
 struct activation_encoding {
   int bits = 8;
-  float scale = 1.0f;
+  float alpha = 1.0f;
 
   int max_code() const noexcept { return (1 << bits) - 1; }
+  float scale() const noexcept { return alpha / float(max_code()); }
+  std::uint8_t code(float x) const noexcept {
+    const float levels = float(max_code());
+    const float u = std::clamp(x, 0.0f, alpha) / alpha;
+    return static_cast<std::uint8_t>(std::clamp(std::nearbyint(levels * u), 0.0f, levels));
+  }
   void validate(const std::string& who) const {
     if (bits < 1 || bits > 8)
       throw bits_error(mixq::detail::cat(who, ": activation bits ", bits, ": expected 1..8"));
-    if (!(scale > 0.0f) || !std::isfinite(scale))
-      throw value_error(mixq::detail::cat(who, ": activation scale ", scale,
+    if (!(alpha > 0.0f) || !std::isfinite(alpha))
+      throw value_error(mixq::detail::cat(who, ": activation clip value ", alpha,
                                           " is invalid: expected a finite value > 0"));
   }
 };
@@ -128,12 +134,6 @@ struct layer_report {
 
 namespace detail {
 using mixq::detail::cat;
-
-/// Round half to even, matching std::nearbyint in the default rounding mode.
-inline std::uint8_t encode_one(float x, float inv_scale, int max_code) {
-  const float v = std::nearbyint(x * inv_scale);
-  return static_cast<std::uint8_t>(std::clamp(v, 0.0f, float(max_code)));
-}
 
 /// The packed weights of one quantized layer, type-erased over the weight qtype.
 struct packed_layer {
@@ -274,8 +274,11 @@ class integer_model {
                                     ": expected channels that are multiples of groups, "
                                     "kernel and stride >= 1"));
     const std::size_t cin_g = l.in_channels / l.groups;
-    const std::size_t expected = std::size_t(l.out_channels) * k * k * cin_g;
-    if (l.weight_codes.size() != expected)
+    // Sizes may come from a file: an overflowing product must not pass the check.
+    std::size_t expected = l.out_channels;
+    bool overflow = false;
+    for (std::size_t f : {k, k, cin_g}) overflow |= __builtin_mul_overflow(expected, f, &expected);
+    if (overflow || l.weight_codes.size() != expected)
       throw shape_error(detail::cat(who, ": ", l.weight_codes.size(), " weight codes; expected ",
                                     expected, " (out x kh x kw x in/groups)"));
     const std::size_t wc = l.weight_scale.size();
@@ -412,9 +415,7 @@ class integer_model {
       throw shape_error(detail::cat(who, ": input of shape ", shape_string(x.shape()),
                                     "; expected ", l.in_channels, " channels"));
     tensor<std::uint8_t> codes(s);
-    const float inv = 1.0f / l.input.scale;
-    const int maxc = l.input.max_code();
-    for (std::size_t j = 0; j < x.size(); ++j) codes[j] = detail::encode_one(x[j], inv, maxc);
+    for (std::size_t j = 0; j < x.size(); ++j) codes[j] = l.input.code(x[j]);
 
     const std::size_t k = l.is_linear ? 1 : l.window;
     kernels::conv2d_params p;
@@ -448,7 +449,7 @@ class integer_model {
         double v = double(acc[m * oc + c]);
         if (zero_points) v -= double(l.weight_zero_point[wc]) * sums[m * l.groups + c / opg];
         y[m * oc + c] =
-            float(double(l.mul[c]) * double(l.input.scale) * double(l.weight_scale[wc]) * v) +
+            float(double(l.mul[c]) * double(l.input.scale()) * double(l.weight_scale[wc]) * v) +
             l.add[c];
       }
     return y;

@@ -24,7 +24,8 @@ namespace mixq::deploy {
 ///   "MIXQIM\r\n" (8 bytes), u32 version, u32 layer count, layers..., u64 FNV-1a of all bytes
 ///   before it. A layer: u32 kind, string name (u32 length + bytes), u32 window, stride,
 ///   padding, u8 is_linear, u32 in, out, groups, u8 weight bits, u8 weight signed, u8 input
-///   bits, f32 input scale, float vectors mul, add, weight_scale, weight_zero_point (u32 count
+///   bits, f32 input clip value (PACT alpha), float vectors mul, add, weight_scale,
+///   weight_zero_point (u32 count
 ///   + values), u32 code count + the codes packed LSB first at the weight bit-width (two's
 ///   complement for signed types; binary codes -1/+1 as bits 0/1).
 inline constexpr char model_magic[8] = {'M', 'I', 'X', 'Q', 'I', 'M', '\r', '\n'};
@@ -172,7 +173,7 @@ inline std::vector<std::uint8_t> serialize(const integer_model& m) {
     w.u32(l.in_channels), w.u32(l.out_channels), w.u32(l.groups);
     w.u8(std::uint8_t(l.weight_type.bits)), w.u8(l.weight_type.is_signed ? 1 : 0);
     w.u8(std::uint8_t(l.input.bits));
-    w.f32(l.input.scale);
+    w.f32(l.input.alpha);
     w.floats(l.mul), w.floats(l.add), w.floats(l.weight_scale), w.floats(l.weight_zero_point);
     detail::write_codes(w, l);
   }
@@ -224,7 +225,7 @@ inline integer_model deserialize(std::span<const std::uint8_t> bytes,
     const int wbits = r.u8("weight bits");
     const bool wsigned = r.u8("weight signedness") != 0;
     l.input.bits = r.u8("input bits");
-    l.input.scale = r.f32("input scale");
+    l.input.alpha = r.f32("input clip value");
     if (wbits < 1 || wbits > 8)
       throw format_error(cat(source, ": layer ", i, " weight bits ", wbits, " (expected 1..8)"));
     l.weight_type = bitwidth{wbits, wsigned};
