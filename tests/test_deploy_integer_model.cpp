@@ -127,9 +127,8 @@ ref_tensor reference_layer(const layer& l, const ref_tensor& x) {
                 // The activation on its grid, the weight decoded from its code.
                 // PACT's grid by its definition: round(L * clip(x, 0, alpha) / alpha).
                 const float L = float((1 << l.input.bits) - 1);
-                const float u =
-                    std::clamp(float(x.v[base + g * cin_g + ci]), 0.0f, l.input.alpha) /
-                    l.input.alpha;
+                const float u = std::clamp(float(x.v[base + g * cin_g + ci]), 0.0f, l.input.alpha) /
+                                l.input.alpha;
                 const double code = std::nearbyint(L * u);
                 const double a = code * double(l.input.alpha) / double(L);
                 const std::size_t wc = l.weight_scale.size() > 1 ? o : 0;

@@ -3,4 +3,5 @@
 #pragma once
 
 #include "mixq/deploy/integer_model.hpp"
+#include "mixq/deploy/compile.hpp"
 #include "mixq/deploy/model_file.hpp"

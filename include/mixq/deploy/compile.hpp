@@ -116,7 +116,7 @@ inline void add_quantized(compile_state& st, nn::quantized_layer& q, const std::
   }
   l.mul.assign(out, 1.0f);
   l.add.assign(out, 0.0f);
-  if (q.bias)
+  if (q.bias.defined())
     for (std::size_t o = 0; o < out; ++o) l.add[o] = q.bias.value()[o];
   st.out.push_back(std::move(l));
 }
@@ -147,12 +147,12 @@ inline integer_model compile(nn::module& model, const nn::fixed_policy& policy,
                              std::vector<std::size_t> input_chw) {
   if (input_chw.size() != 3)
     throw shape_error(detail::cat("deploy::compile: input shape has ", input_chw.size(),
-                          " dimensions; expected {C, H, W}"));
+                                  " dimensions; expected {C, H, W}"));
   detail::compile_state st{policy, {}, nn::quantized_layers(model), std::move(input_chw), {}};
   if (st.quantized.empty() || st.quantized.size() != policy.layers())
     throw value_error(detail::cat("deploy::compile: the policy is attached to ", policy.layers(),
-                          " layers; the model has ", st.quantized.size(),
-                          " quantized layers (attach_policy(model, policy) first)"));
+                                  " layers; the model has ", st.quantized.size(),
+                                  " quantized layers (attach_policy(model, policy) first)"));
   std::vector<std::pair<std::string, nn::module*>> leaves;
   detail::collect_leaves(model, "", leaves);
   for (std::size_t li = 0; li < leaves.size(); ++li) {
@@ -165,8 +165,9 @@ inline integer_model compile(nn::module& model, const nn::fixed_policy& policy,
           auto [mul, add] = detail::batch_norm_affine(*bn);
           layer& l = st.out.back();
           if (mul.size() != l.out_channels)
-            throw shape_error(detail::cat("deploy::compile: batch norm ", leaves[li + 1].first, " has ",
-                                  mul.size(), " channels after a layer with ", l.out_channels));
+            throw shape_error(detail::cat("deploy::compile: batch norm ", leaves[li + 1].first,
+                                          " has ", mul.size(), " channels after a layer with ",
+                                          l.out_channels));
           for (std::size_t c = 0; c < mul.size(); ++c) {
             l.add[c] = mul[c] * l.add[c] + add[c];
             l.mul[c] *= mul[c];
@@ -178,28 +179,35 @@ inline integer_model compile(nn::module& model, const nn::fixed_policy& policy,
       if (st.shape.empty() || st.shape[0] != mul.size() ||
           (st.shape.size() == 1 && st.flattened[0] != 0))
         throw shape_error(detail::cat("deploy::compile: batch norm ", name, " over ", mul.size(),
-                              " channels does not match its input"));
+                                      " channels does not match its input"));
       layer l = layer::affine(std::move(mul), std::move(add));
       l.name = name;
       st.out.push_back(std::move(l));
     } else if (dynamic_cast<nn::relu*>(m)) {
       st.out.push_back(layer::of_kind(op_kind::relu, name));
     } else if (auto* mp = dynamic_cast<nn::max_pool2d*>(m)) {
-      if (st.shape.size() != 3) throw shape_error(detail::cat("deploy::compile: ", name, " needs an image"));
+      if (st.shape.size() != 3)
+        throw shape_error(detail::cat("deploy::compile: ", name, " needs an image"));
       st.out.push_back(layer::pool(op_kind::max_pool, std::uint32_t(mp->kernel_size()),
                                    std::uint32_t(mp->stride()), std::uint32_t(mp->padding())));
-      st.shape[1] = detail::pooled(st.shape[1], mp->kernel_size(), mp->stride(), mp->padding(), name);
-      st.shape[2] = detail::pooled(st.shape[2], mp->kernel_size(), mp->stride(), mp->padding(), name);
+      st.shape[1] =
+          detail::pooled(st.shape[1], mp->kernel_size(), mp->stride(), mp->padding(), name);
+      st.shape[2] =
+          detail::pooled(st.shape[2], mp->kernel_size(), mp->stride(), mp->padding(), name);
       st.out.back().name = name;
     } else if (auto* ap = dynamic_cast<nn::avg_pool2d*>(m)) {
-      if (st.shape.size() != 3) throw shape_error(detail::cat("deploy::compile: ", name, " needs an image"));
+      if (st.shape.size() != 3)
+        throw shape_error(detail::cat("deploy::compile: ", name, " needs an image"));
       st.out.push_back(layer::pool(op_kind::avg_pool, std::uint32_t(ap->kernel_size()),
                                    std::uint32_t(ap->stride()), std::uint32_t(ap->padding())));
-      st.shape[1] = detail::pooled(st.shape[1], ap->kernel_size(), ap->stride(), ap->padding(), name);
-      st.shape[2] = detail::pooled(st.shape[2], ap->kernel_size(), ap->stride(), ap->padding(), name);
+      st.shape[1] =
+          detail::pooled(st.shape[1], ap->kernel_size(), ap->stride(), ap->padding(), name);
+      st.shape[2] =
+          detail::pooled(st.shape[2], ap->kernel_size(), ap->stride(), ap->padding(), name);
       st.out.back().name = name;
     } else if (dynamic_cast<nn::global_avg_pool2d*>(m)) {
-      if (st.shape.size() != 3) throw shape_error(detail::cat("deploy::compile: ", name, " needs an image"));
+      if (st.shape.size() != 3)
+        throw shape_error(detail::cat("deploy::compile: ", name, " needs an image"));
       st.out.push_back(layer::of_kind(op_kind::global_avg_pool, name));
       st.shape = {st.shape[0]};
     } else if (dynamic_cast<nn::flatten*>(m)) {
@@ -209,10 +217,11 @@ inline integer_model compile(nn::module& model, const nn::fixed_policy& policy,
         st.shape = {st.shape[0] * st.shape[1] * st.shape[2]};
       }
     } else {
-      throw value_error(detail::cat("deploy::compile: module ", name.empty() ? "(root)" : name, " of type ",
-                            typeid(*m).name(),
-                            " is not supported; expected quantized_conv2d, quantized_linear, "
-                            "batch_norm2d, relu, pools, flatten or sequential"));
+      throw value_error(
+          detail::cat("deploy::compile: module ", name.empty() ? "(root)" : name, " of type ",
+                      typeid(*m).name(),
+                      " is not supported; expected quantized_conv2d, quantized_linear, "
+                      "batch_norm2d, relu, pools, flatten or sequential"));
     }
   }
   return integer_model(std::move(st.out));
