@@ -239,7 +239,7 @@ TEST_CASE("integer model matches the float reference for every weight type and b
         for (std::size_t i = 0; i < got.size(); ++i) REQUIRE(got[i] == chained[i]);
         REQUIRE(m.report().size() == ls.size());
         CHECK(m.report()[0].w_bits == wb);
-        CHECK(m.report()[3].kernel == "depthwise_direct");
+        CHECK(m.report()[3].kernel == "direct");
       }
 }
 

@@ -158,6 +158,40 @@ struct packed_layer_of final : packed_layer {
   }
 };
 
+/// Integer convolution by direct loops over NHWC codes, vectorised across channels, for the
+/// shapes the packed GEMM handles badly: depthwise layers and short patches (a first layer
+/// reading one channel has 9 values per patch, which the bit-serial GEMM pads to 512 bits).
+/// Weights are laid out [group][tap][cin/groups][out/groups] (depthwise with one output per
+/// channel: [tap][channel]). Padded taps are code 0 and add nothing.
+struct direct_conv_weights {
+  std::vector<std::int32_t> w;
+  std::size_t taps = 0, cin_g = 0, opg = 0, groups = 1;
+  bool per_channel_depthwise() const noexcept { return cin_g == 1 && opg == 1 && groups > 1; }
+};
+
+/// `zero2[c]` is twice output channel c's weight zero point (an integer): the weights are
+/// stored as 2 * (code - zero point), so the zero-point correction costs nothing and the
+/// accumulator is twice the real-valued one.
+inline direct_conv_weights make_direct_weights(const std::vector<std::int32_t>& ohwi,
+                                               std::size_t out, std::size_t k, std::size_t cin_g,
+                                               std::size_t groups,
+                                               const std::vector<std::int32_t>& zero2) {
+  direct_conv_weights d;
+  d.taps = k * k, d.cin_g = cin_g, d.opg = out / groups, d.groups = groups;
+  d.w.resize(ohwi.size());
+  for (std::size_t o = 0; o < out; ++o)
+    for (std::size_t t = 0; t < d.taps; ++t)
+      for (std::size_t ci = 0; ci < cin_g; ++ci) {
+        const std::size_t gi = o / d.opg, j = o % d.opg;
+        const std::int32_t v = 2 * ohwi[(o * d.taps + t) * cin_g + ci] - zero2[o];
+        if (d.per_channel_depthwise())
+          d.w[t * out + o] = v;
+        else
+          d.w[((gi * d.taps + t) * cin_g + ci) * d.opg + j] = v;
+      }
+  return d;
+}
+
 /// Row-major (h, w, c) window geometry for the float ops and the code sums.
 struct window_geometry {
   std::size_t n, h, w, c, oh, ow, k, stride, pad;
@@ -180,12 +214,56 @@ inline window_geometry make_window(const shape_t& s, std::size_t k, std::size_t 
           stride,
           pad};
 }
+
+inline void direct_conv(const std::uint8_t* codes, const window_geometry& g,
+                        const direct_conv_weights& d, std::int32_t* out, std::size_t threads) {
+  const std::size_t oc = d.opg * d.groups;
+  kernels::default_thread_pool().parallel_for(
+      g.n * g.oh,
+      [&](std::size_t begin, std::size_t end) {
+        for (std::size_t r = begin; r < end; ++r) {
+          const std::size_t b = r / g.oh, oy = r % g.oh;
+          for (std::size_t ox = 0; ox < g.ow; ++ox) {
+            std::int32_t* o = out + (r * g.ow + ox) * oc;
+            std::fill(o, o + oc, 0);
+            for (std::size_t ky = 0; ky < g.k; ++ky) {
+              const long iy = long(oy * g.stride + ky) - long(g.pad);
+              if (iy < 0 || iy >= long(g.h)) continue;
+              for (std::size_t kx = 0; kx < g.k; ++kx) {
+                const long ix = long(ox * g.stride + kx) - long(g.pad);
+                if (ix < 0 || ix >= long(g.w)) continue;
+                const std::uint8_t* a =
+                    codes + ((b * g.h + std::size_t(iy)) * g.w + std::size_t(ix)) * g.c;
+                const std::size_t tap = ky * g.k + kx;
+                if (d.per_channel_depthwise()) {
+                  const std::int32_t* w = d.w.data() + tap * oc;
+                  for (std::size_t c = 0; c < oc; ++c) o[c] += std::int32_t(a[c]) * w[c];
+                  continue;
+                }
+                for (std::size_t gi = 0; gi < d.groups; ++gi)
+                  for (std::size_t ci = 0; ci < d.cin_g; ++ci) {
+                    const std::int32_t av = a[gi * d.cin_g + ci];
+                    const std::int32_t* w =
+                        d.w.data() + ((gi * d.taps + tap) * d.cin_g + ci) * d.opg;
+                    std::int32_t* og = o + gi * d.opg;
+                    for (std::size_t j = 0; j < d.opg; ++j) og[j] += av * w[j];
+                  }
+              }
+            }
+          }
+        }
+      },
+      threads);
+}
 }  // namespace detail
 
 /// A compiled network: run() maps a float batch [N, C, H, W] (the float model's input layout)
 /// to its outputs [N, classes]; internally activations are NHWC.
 class integer_model {
  public:
+  /// Patches (kh * kw * cin/groups values) shorter than this run the direct loops.
+  static constexpr std::size_t direct_patch_limit = 32;
+
   integer_model() = default;
   explicit integer_model(std::vector<layer> layers) : layers_(std::move(layers)) { prepare(); }
 
@@ -230,6 +308,8 @@ class integer_model {
   void prepare() {
     packed_.clear();
     packed_.resize(layers_.size());
+    maps_.assign(layers_.size(), {});
+    direct_.assign(layers_.size(), nullptr);
     for (std::size_t i = 0; i < layers_.size(); ++i) {
       const layer& l = layers_[i];
       const std::string who = detail::cat("integer_model layer ", i, " (", op_name(l.kind), ")");
@@ -293,6 +373,35 @@ class integer_model {
     if (l.mul.size() != l.out_channels || l.add.size() != l.out_channels)
       throw shape_error(detail::cat(who, ": ", l.mul.size(), " output scales and ", l.add.size(),
                                     " shifts; expected ", l.out_channels, " of each"));
+    output_map& om = maps_[i];
+    om.k_acc.resize(l.out_channels);
+    om.k_sum.resize(l.out_channels);
+    om.uses_sums = false;
+    for (std::size_t c = 0; c < l.out_channels; ++c) {
+      const std::size_t ch = wc == 1 ? 0 : c;
+      const double k = double(l.mul[c]) * double(l.input.scale()) * double(l.weight_scale[ch]);
+      om.k_acc[c] = float(k);
+      om.k_sum[c] = float(-k * double(l.weight_zero_point[ch]));
+      om.uses_sums |= l.weight_zero_point[ch] != 0.0f;
+    }
+    // Depthwise layers and short patches (a first layer's 9 values, which the bit-serial GEMM
+    // would pad to 512 bits) run the direct loops; the rest the packed GEMMs, whose
+    // kernel (bit-serial or int8) the measured kernel table picks per bit pair.
+    const bool depthwise = cin_g == 1 && l.groups > 1;
+    std::vector<std::int32_t> zero2(l.out_channels);
+    bool half_integral = true;
+    for (std::size_t c = 0; c < l.out_channels; ++c) {
+      const float z2 = 2.0f * l.weight_zero_point[wc == 1 ? 0 : c];
+      half_integral &= z2 == std::nearbyint(z2) && std::fabs(z2) <= 512.0f;
+      zero2[c] = half_integral ? std::int32_t(z2) : 0;
+    }
+    if (half_integral && (depthwise || k * k * cin_g < direct_patch_limit)) {
+      direct_[i] = std::make_shared<detail::direct_conv_weights>(
+          detail::make_direct_weights(l.weight_codes, l.out_channels, k, cin_g, l.groups, zero2));
+      // The direct accumulator is 2 * (acc - z * sum): halve the scale, drop the sums.
+      for (std::size_t c = 0; c < l.out_channels; ++c) om.k_acc[c] *= 0.5f, om.k_sum[c] = 0.0f;
+      om.uses_sums = false;
+    }
     packed_[i] = dispatch(
         [&](auto tag) -> std::shared_ptr<detail::packed_layer> {
           using WT = typename decltype(tag)::type;
@@ -315,10 +424,12 @@ class integer_model {
     if (x.shape().size() == 2) return x;
     const std::size_t n = x.shape()[0], c = x.shape()[1], h = x.shape()[2], w = x.shape()[3];
     tensor<float> y({n, h, w, c});
+    const float* px = x.data();
+    float* py = y.data();
     for (std::size_t b = 0; b < n; ++b)
       for (std::size_t ch = 0; ch < c; ++ch)
         for (std::size_t i = 0; i < h * w; ++i)
-          y[(b * h * w + i) * c + ch] = x[(b * c + ch) * h * w + i];
+          py[(b * h * w + i) * c + ch] = px[(b * c + ch) * h * w + i];
     return y;
   }
 
@@ -425,41 +536,58 @@ class integer_model {
     p.gemm.num_threads = threads_;
     const auto g = detail::make_window(s, k, l.stride, l.padding, who);
     tensor<std::int32_t> acc({g.n, g.oh, g.ow, std::size_t(l.out_channels)});
-    packed_[i]->run(codes, l.input.bits, acc.span(), p);
-    const std::size_t cin_g = l.in_channels / l.groups;
-    r.kernel = (cin_g == 1 && l.groups > 1)
-                   ? "depthwise_direct"
-                   : (kernels::choose_kernel(bitwidth{l.input.bits, false}, l.weight_type) ==
-                              kernels::gemm_kernel::int8
-                          ? "int8"
-                          : "bitserial");
+    if (direct_[i]) {
+      detail::direct_conv(codes.data(), g, *direct_[i], acc.data(), threads_);
+      r.kernel = "direct";
+    } else {
+      packed_[i]->run(codes, l.input.bits, acc.span(), p);
+      r.kernel = kernels::choose_kernel(bitwidth{l.input.bits, false}, l.weight_type) ==
+                         kernels::gemm_kernel::int8
+                     ? "int8"
+                     : "bitserial";
+    }
 
-    // value = s_a * s_w[c] * (acc - z_w[c] * sum of the window's input codes)
-    const bool zero_points = std::any_of(l.weight_zero_point.begin(), l.weight_zero_point.end(),
-                                         [](float z) { return z != 0.0f; });
+    // value = s_a * s_w[c] * (acc - z_w[c] * sum of the window's input codes), then the
+    // output map: y = k_acc[c] * acc + k_sum[c] * sum + add[c] (k_* precomputed by prepare).
+    const output_map& om = maps_[i];
     std::vector<std::int32_t> sums;
-    if (zero_points) sums = window_code_sums(codes, g, l.groups);
-    const std::size_t oc = l.out_channels, opg = oc / l.groups;
+    if (om.uses_sums) sums = window_code_sums(codes, g, l.groups);
+    const std::size_t oc = l.out_channels, groups = l.groups, opg = oc / groups;
     tensor<float> y(l.is_linear ? shape_t{g.n, oc} : shape_t{g.n, g.oh, g.ow, oc});
     const std::size_t pixels = g.n * g.oh * g.ow;
-    const bool per_channel = l.weight_scale.size() > 1;
-    for (std::size_t m = 0; m < pixels; ++m)
-      for (std::size_t c = 0; c < oc; ++c) {
-        const std::size_t wc = per_channel ? c : 0;
-        double v = double(acc[m * oc + c]);
-        if (zero_points) v -= double(l.weight_zero_point[wc]) * sums[m * l.groups + c / opg];
-        y[m * oc + c] =
-            float(double(l.mul[c]) * double(l.input.scale()) * double(l.weight_scale[wc]) * v) +
-            l.add[c];
+    const float* ka = om.k_acc.data();
+    const float* ks = om.k_sum.data();
+    const float* add = l.add.data();
+    for (std::size_t m = 0; m < pixels; ++m) {
+      const std::int32_t* a = &acc[m * oc];
+      float* py = &y[m * oc];
+      if (om.uses_sums) {
+        for (std::size_t gi = 0; gi < groups; ++gi) {
+          const float sv = float(sums[m * groups + gi]);
+          for (std::size_t c = gi * opg; c < (gi + 1) * opg; ++c)
+            py[c] = ka[c] * float(a[c]) + (ks[c] * sv + add[c]);
+        }
+      } else {
+        for (std::size_t c = 0; c < oc; ++c) py[c] = ka[c] * float(a[c]) + add[c];
       }
+    }
     return y;
   }
 
-  // Sum of the input codes of each output pixel's window, per group (padding adds 0).
+  // Sum of the input codes of each output pixel's window, per group (padding adds 0): the
+  // channel sums of each input pixel first, then the window sums of those.
   static std::vector<std::int32_t> window_code_sums(const tensor<std::uint8_t>& codes,
                                                     const detail::window_geometry& g,
                                                     std::size_t groups) {
     const std::size_t cin_g = g.c / groups;
+    std::vector<std::int32_t> pixel(g.n * g.h * g.w * groups);
+    const std::uint8_t* pc = codes.data();
+    for (std::size_t p = 0; p < g.n * g.h * g.w; ++p)
+      for (std::size_t gi = 0; gi < groups; ++gi) {
+        std::int32_t sum = 0;
+        for (std::size_t c = 0; c < cin_g; ++c) sum += pc[p * g.c + gi * cin_g + c];
+        pixel[p * groups + gi] = sum;
+      }
     std::vector<std::int32_t> out(g.n * g.oh * g.ow * groups, 0);
     for (std::size_t b = 0; b < g.n; ++b)
       for (std::size_t oy = 0; oy < g.oh; ++oy)
@@ -471,9 +599,9 @@ class integer_model {
             for (std::size_t kx = 0; kx < g.k; ++kx) {
               const long ix = long(ox * g.stride + kx) - long(g.pad);
               if (ix < 0 || ix >= long(g.w)) continue;
-              const std::uint8_t* px =
-                  &codes[((b * g.h + std::size_t(iy)) * g.w + std::size_t(ix)) * g.c];
-              for (std::size_t c = 0; c < g.c; ++c) o[c / cin_g] += px[c];
+              const std::int32_t* px =
+                  &pixel[((b * g.h + std::size_t(iy)) * g.w + std::size_t(ix)) * groups];
+              for (std::size_t gi = 0; gi < groups; ++gi) o[gi] += px[gi];
             }
           }
         }
@@ -481,7 +609,14 @@ class integer_model {
   }
 
   std::vector<layer> layers_;
+  // A quantized layer's output map: y[c] = k_acc[c] * acc + k_sum[c] * window code sum + add[c].
+  struct output_map {
+    std::vector<float> k_acc, k_sum;
+    bool uses_sums = false;
+  };
   std::vector<std::shared_ptr<detail::packed_layer>> packed_;
+  std::vector<output_map> maps_;
+  std::vector<std::shared_ptr<detail::direct_conv_weights>> direct_;
   std::vector<layer_report> report_;
   std::size_t threads_ = 0;
 };
