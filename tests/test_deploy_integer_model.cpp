@@ -235,7 +235,7 @@ TEST_CASE("integer model matches the float reference for every weight type and b
         auto ls = every_kind_network(rng, wt, ab, zp);
         integer_model m(ls);
         const auto got = m.run(images);
-        const auto chained = check_layer_by_layer(ls, images, 1e-5);
+        const auto chained = check_layer_by_layer(ls, images, 1e-4);  // float output map
         for (std::size_t i = 0; i < got.size(); ++i) REQUIRE(got[i] == chained[i]);
         REQUIRE(m.report().size() == ls.size());
         CHECK(m.report()[0].w_bits == wb);
