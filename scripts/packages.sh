@@ -9,3 +9,5 @@ MIXQ_BENCH_PACKAGES=(libopenblas-dev libdnnl-dev)
 MIXQ_BENCH_EXTRA_PACKAGES=(libtorch-dev)
 # The data set the examples train on.
 MIXQ_DATA_PACKAGES=(dataset-fashion-mnist)
+# libFuzzer for the model-file parser (scripts/fuzz.sh).
+MIXQ_FUZZ_PACKAGES=(clang libclang-rt-14-dev)

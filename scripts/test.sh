@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # mixq's whole test run: release build + all tests, an ASan+UBSan build + all tests, and the
-# consumer checks (find_package against an installed tree; FetchContent on the source tree).
+# libFuzzer run on the model-file parser, and the consumer checks (find_package against an
+# installed tree; FetchContent and add_subdirectory on the source tree).
 # Usage: scripts/test.sh [--quick]   (--quick: release build and tests only)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/scripts/packages.sh"
 "$root/scripts/install-deps.sh" "${MIXQ_BUILD_PACKAGES[@]}" "${MIXQ_BENCH_PACKAGES[@]}" \
-  "${MIXQ_DATA_PACKAGES[@]}"
+  "${MIXQ_DATA_PACKAGES[@]}" "${MIXQ_FUZZ_PACKAGES[@]}"
 
 jobs=$(nproc)
 out=${MIXQ_BUILD_ROOT:-$root/build}
@@ -27,6 +28,9 @@ cmake --build "$out/asan" -j "$jobs"
 step "sanitizer tests"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir "$out/asan" -j "$jobs" --output-on-failure
+
+step "fuzz: integer-model file parser (libFuzzer, 20 s)"
+MIXQ_BUILD_ROOT="$out" "$root/scripts/fuzz.sh" 20
 
 step "consumer: find_package(mixq) against an installed tree"
 rm -rf "$out/stage" "$out/consumer-installed"

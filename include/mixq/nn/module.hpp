@@ -175,6 +175,8 @@ class batch_norm2d : public module {
                                 is_training(), momentum_, eps_);
   }
   var weight, bias, running_mean, running_var;
+  float eps() const noexcept { return eps_; }
+  float momentum() const noexcept { return momentum_; }
 
  private:
   float momentum_, eps_;
@@ -190,6 +192,10 @@ class max_pool2d : public module {
   explicit max_pool2d(std::size_t k, std::size_t stride = 0, std::size_t padding = 0)
       : k_(k), stride_(stride), padding_(padding) {}
   var forward(const var& x) override { return autodiff::max_pool2d(x, k_, stride_, padding_); }
+  std::size_t kernel_size() const noexcept { return k_; }
+  /// The stride (equal to the window when constructed with 0).
+  std::size_t stride() const noexcept { return stride_ ? stride_ : k_; }
+  std::size_t padding() const noexcept { return padding_; }
 
  private:
   std::size_t k_, stride_, padding_;
@@ -200,6 +206,10 @@ class avg_pool2d : public module {
   explicit avg_pool2d(std::size_t k, std::size_t stride = 0, std::size_t padding = 0)
       : k_(k), stride_(stride), padding_(padding) {}
   var forward(const var& x) override { return autodiff::avg_pool2d(x, k_, stride_, padding_); }
+  std::size_t kernel_size() const noexcept { return k_; }
+  /// The stride (equal to the window when constructed with 0).
+  std::size_t stride() const noexcept { return stride_ ? stride_ : k_; }
+  std::size_t padding() const noexcept { return padding_; }
 
  private:
   std::size_t k_, stride_, padding_;

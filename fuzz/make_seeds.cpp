@@ -1,0 +1,53 @@
+// Writes a few small valid integer-model files (prefixed with the fuzz target's mode byte)
+// into the directory given as argv[1]: the seed corpus of fuzz_model_file.
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include "mixq/deploy/model_file.hpp"
+
+using namespace mixq::deploy;
+
+static layer quantized(std::mt19937& rng, std::uint32_t in, std::uint32_t out, std::uint32_t k,
+                       std::uint32_t groups, mixq::bitwidth wt, int abits, bool linear) {
+  layer l = layer::of_kind(op_kind::quantized, "q");
+  l.is_linear = linear, l.window = k, l.stride = 1, l.padding = k / 2;
+  l.in_channels = in, l.out_channels = out, l.groups = groups, l.weight_type = wt;
+  const int lo = wt.is_binary() ? -1 : wt.is_signed ? -(1 << (wt.bits - 1)) : 0;
+  const int hi = wt.is_binary() ? 1 : wt.is_signed ? (1 << (wt.bits - 1)) - 1 : (1 << wt.bits) - 1;
+  std::uniform_int_distribution<int> code(lo, hi);
+  for (std::size_t i = 0; i < std::size_t(out) * k * k * (in / groups); ++i) {
+    int c = code(rng);
+    if (wt.is_binary() && c == 0) c = 1;
+    l.weight_codes.push_back(c);
+  }
+  l.weight_scale = {0.1f}, l.weight_zero_point = {wt.is_signed ? 0.0f : 0.5f * float(hi)};
+  l.mul.assign(out, 1.0f), l.add.assign(out, 0.0f);
+  l.input.bits = abits, l.input.alpha = 4.0f;
+  return l;
+}
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: make_fuzz_seeds <dir>\n");
+    return 2;
+  }
+  std::mt19937 rng(1);
+  int n = 0;
+  for (mixq::bitwidth wt :
+       {mixq::bitwidth{1, true}, mixq::bitwidth{2, false}, mixq::bitwidth{4, true}}) {
+    std::vector<layer> ls{
+        quantized(rng, 1, 4, 3, 1, wt, 2, false),  layer::of_kind(op_kind::relu),
+        layer::pool(op_kind::max_pool, 2, 2),      quantized(rng, 4, 4, 3, 4, wt, 3, false),
+        layer::affine({1, 2, 3, 4}, {0, 0, 0, 0}), layer::of_kind(op_kind::global_avg_pool),
+        quantized(rng, 4, 3, 1, 1, wt, 4, true)};
+    const auto bytes = serialize(integer_model(ls));
+    for (char mode : {'\0', '\1'}) {
+      std::ofstream out(std::string(argv[1]) + "/seed" + std::to_string(n++), std::ios::binary);
+      out.put(mode);
+      out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+    }
+  }
+  return 0;
+}
