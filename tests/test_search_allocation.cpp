@@ -4,6 +4,8 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <iostream>
 #include <memory>
 #include <random>
 #include <string>
@@ -267,7 +269,7 @@ struct fixture {
                      [this] { return data.batches.size(); },
                      [this](std::size_t i) { return data.batches.at(i); },
                      7,
-                     nullptr};
+                     std::getenv("MIXQ_TEST_LOG") ? &std::cerr : nullptr};
 };
 
 void train(fixture& f, std::size_t epochs) {
