@@ -23,7 +23,10 @@
 
 #include "mixq/data.hpp"
 #include "mixq/nn.hpp"
+#include "mixq/search/bmpq_policy.hpp"
 #include "mixq/search/driver.hpp"
+#include "mixq/search/hawq_policy.hpp"
+#include "mixq/search/ompq_policy.hpp"
 #include "mixq/search/uniform_policy.hpp"
 
 namespace nn = mixq::nn;
@@ -73,6 +76,9 @@ using policy_runner = std::function<search::search_result(
     nn::module&, const search::search_data&, const search::budget&, search::search_options&,
     const settings&)>;
 
+[[noreturn]] void usage(const std::string& msg);
+std::pair<int, int> parse_wa(const std::string& s);
+
 /// The policies available in this build. Only those on main/merged branches are listed.
 std::map<std::string, policy_runner> available_policies() {
   std::map<std::string, policy_runner> m;
@@ -81,6 +87,51 @@ std::map<std::string, policy_runner> available_policies() {
     std::vector<search::bit_pair> cand;
     for (int x : s.bits) cand.push_back({x, x});
     search::uniform_policy p(cand);
+    return search::run(model, d, p, b, o);
+  };
+  // Allocation policies search weight bits at the budget's activation bits (--budget wXaY
+  // gives Y) over the --bits candidates (OMPQ: the consecutive range min..max of them, for its
+  // floor/ceil rounding; BMPQ and HAWQ: those >= 2, a sign and a magnitude bit).
+  auto space_of = [](const settings& s, bool consecutive) {
+    search::weight_search_space sp;
+    sp.a_bits = parse_wa(s.budget).second;
+    sp.candidates.clear();
+    if (consecutive) {
+      for (int x = s.bits.front(); x <= s.bits.back(); ++x) sp.candidates.push_back(x);
+    } else {
+      for (int x : s.bits)
+        if (x >= 2) sp.candidates.push_back(x);
+      if (sp.candidates.empty()) usage("--bits: BMPQ and HAWQ need a candidate >= 2");
+    }
+    return sp;
+  };
+  m["ompq"] = [space_of](nn::module& model, const search::search_data& d, const search::budget& b,
+                         search::search_options& o, const settings& s) {
+    search::ompq_options oo;
+    oo.space = space_of(s, true);
+    oo.beta = 1.0;
+    search::ompq_policy p(oo);
+    auto r = search::run(model, d, p, b, o);
+    std::cout << "ompq search time: features " << p.report().seconds_features << " s, CKA "
+              << p.report().seconds_cka << " s, LP + rounding " << p.report().seconds_solve
+              << " s (total " << p.report().seconds_total() << " s)\n";
+    return r;
+  };
+  m["bmpq"] = [space_of](nn::module& model, const search::search_data& d, const search::budget& b,
+                         search::search_options& o, const settings& s) {
+    search::bmpq_options bo;
+    bo.space = space_of(s, false);
+    bo.early_epochs = std::max<std::size_t>(1, (s.finetune_epochs + 1) / 2);
+    bo.interval_epochs = 1;
+    search::bmpq_policy p(bo);
+    return search::run(model, d, p, b, o);
+  };
+  m["hawq"] = [space_of](nn::module& model, const search::search_data& d, const search::budget& b,
+                         search::search_options& o, const settings& s) {
+    search::hawq_options ho;
+    ho.space = space_of(s, false);
+    ho.batches = 2;
+    search::hawq_policy p(ho);
     return search::run(model, d, p, b, o);
   };
   return m;
@@ -121,8 +172,7 @@ std::vector<int> parse_bits(const std::string& s) {
       usage("--bits '" + s + "': '" + item + "' is not a number");
     }
     if (used != item.size()) usage("--bits '" + s + "': '" + item + "' is not a number");
-    if (b < 1 || b > 8)
-      usage("--bits '" + s + "': " + std::to_string(b) + " is outside 1..8");
+    if (b < 1 || b > 8) usage("--bits '" + s + "': " + std::to_string(b) + " is outside 1..8");
     out.push_back(b);
   }
   if (out.empty()) usage("--bits is empty; expected a list such as 2,3,4,8");
@@ -139,24 +189,42 @@ settings parse(int argc, char** argv) {
     if (i + 1 >= argc) usage("missing value after " + a);
     const std::string v = argv[++i];
     try {
-      if (a == "--policy") s.policy = v;
-      else if (a == "--budget") s.budget = v;
-      else if (a == "--budget-kind") s.budget_kind = v;
-      else if (a == "--epochs") s.epochs = std::stoul(v);
-      else if (a == "--warmup-epochs") s.warmup_epochs = std::stoul(v);
-      else if (a == "--finetune-epochs") s.finetune_epochs = std::stoul(v);
-      else if (a == "--fp32-epochs") s.fp32_epochs = std::stoul(v);
-      else if (a == "--checkpoint") s.checkpoint = v;
-      else if (a == "--seed") s.seed = std::stoull(v);
-      else if (a == "--out") s.out = v;
-      else if (a == "--bits") s.bits = parse_bits(v);
-      else if (a == "--batch") s.batch = std::stoul(v);
-      else if (a == "--lr") s.lr = std::stof(v);
-      else if (a == "--arch-lr") s.arch_lr = std::stof(v);
-      else if (a == "--limit-train") s.limit_train = std::stoul(v);
-      else if (a == "--limit-test") s.limit_test = std::stoul(v);
-      else if (a == "--data-dir") s.data_dir = v;
-      else usage("unknown option " + a);
+      if (a == "--policy")
+        s.policy = v;
+      else if (a == "--budget")
+        s.budget = v;
+      else if (a == "--budget-kind")
+        s.budget_kind = v;
+      else if (a == "--epochs")
+        s.epochs = std::stoul(v);
+      else if (a == "--warmup-epochs")
+        s.warmup_epochs = std::stoul(v);
+      else if (a == "--finetune-epochs")
+        s.finetune_epochs = std::stoul(v);
+      else if (a == "--fp32-epochs")
+        s.fp32_epochs = std::stoul(v);
+      else if (a == "--checkpoint")
+        s.checkpoint = v;
+      else if (a == "--seed")
+        s.seed = std::stoull(v);
+      else if (a == "--out")
+        s.out = v;
+      else if (a == "--bits")
+        s.bits = parse_bits(v);
+      else if (a == "--batch")
+        s.batch = std::stoul(v);
+      else if (a == "--lr")
+        s.lr = std::stof(v);
+      else if (a == "--arch-lr")
+        s.arch_lr = std::stof(v);
+      else if (a == "--limit-train")
+        s.limit_train = std::stoul(v);
+      else if (a == "--limit-test")
+        s.limit_test = std::stoul(v);
+      else if (a == "--data-dir")
+        s.data_dir = v;
+      else
+        usage("unknown option " + a);
     } catch (const std::logic_error&) {
       usage("bad value for " + a + ": " + v);
     }
@@ -209,10 +277,14 @@ void train_fp32(nn::module& net, const data::dataset& train, const data::dataset
 
 std::string human(double x) {
   char buf[32];
-  if (x >= 1e9) std::snprintf(buf, sizeof buf, "%.2fG", x * 1e-9);
-  else if (x >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", x * 1e-6);
-  else if (x >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", x * 1e-3);
-  else std::snprintf(buf, sizeof buf, "%.0f", x);
+  if (x >= 1e9)
+    std::snprintf(buf, sizeof buf, "%.2fG", x * 1e-9);
+  else if (x >= 1e6)
+    std::snprintf(buf, sizeof buf, "%.2fM", x * 1e-6);
+  else if (x >= 1e3)
+    std::snprintf(buf, sizeof buf, "%.1fk", x * 1e-3);
+  else
+    std::snprintf(buf, sizeof buf, "%.0f", x);
   return buf;
 }
 
@@ -226,16 +298,20 @@ void print_table(const search::search_result& r) {
                 (long long)l.macs, l.w_bits, l.a_bits, human(l.bitops).c_str(),
                 100.0 * l.bitops_share, 100.0 * l.weight_share);
   }
-  std::printf("total: %lld params, %lld MACs, %s BitOps, %.0f weight bytes (%.1fx smaller than "
-              "FP32); %.1f%% of the budget\n",
-              (long long)r.params, (long long)r.macs, human(r.bitops).c_str(), r.weight_bytes(),
-              r.size_compression_vs_fp32(), 100.0 * r.budget_usage());
-  auto pct = [](double a) { return std::isnan(a) ? std::string("   -  ") : mixq::detail::cat(a * 100, "%"); };
-  std::printf("accuracy: initial %s, after warm-up %s, after search %s, derived %s, finetuned "
-              "%s\n",
-              pct(r.initial.test_accuracy).c_str(), pct(r.warmup.test_accuracy).c_str(),
-              pct(r.search.test_accuracy).c_str(), pct(r.derive.test_accuracy).c_str(),
-              pct(r.finetune.test_accuracy).c_str());
+  std::printf(
+      "total: %lld params, %lld MACs, %s BitOps, %.0f weight bytes (%.1fx smaller than "
+      "FP32); %.1f%% of the budget\n",
+      (long long)r.params, (long long)r.macs, human(r.bitops).c_str(), r.weight_bytes(),
+      r.size_compression_vs_fp32(), 100.0 * r.budget_usage());
+  auto pct = [](double a) {
+    return std::isnan(a) ? std::string("   -  ") : mixq::detail::cat(a * 100, "%");
+  };
+  std::printf(
+      "accuracy: initial %s, after warm-up %s, after search %s, derived %s, finetuned "
+      "%s\n",
+      pct(r.initial.test_accuracy).c_str(), pct(r.warmup.test_accuracy).c_str(),
+      pct(r.search.test_accuracy).c_str(), pct(r.derive.test_accuracy).c_str(),
+      pct(r.finetune.test_accuracy).c_str());
   std::printf("time: warm-up %.1f s, search %.1f s, derive %.2f s, finetune %.1f s, total %.1f s\n",
               r.warmup.seconds, r.search.seconds, r.derive.seconds, r.finetune.seconds,
               r.total_seconds);
@@ -244,11 +320,16 @@ void print_table(const search::search_result& r) {
 std::string svg_escape(const std::string& s) {
   std::string o;
   for (char c : s) {
-    if (c == '<') o += "&lt;";
-    else if (c == '>') o += "&gt;";
-    else if (c == '&') o += "&amp;";
-    else if (c == '"') o += "&quot;";
-    else o += c;
+    if (c == '<')
+      o += "&lt;";
+    else if (c == '>')
+      o += "&gt;";
+    else if (c == '&')
+      o += "&amp;";
+    else if (c == '"')
+      o += "&quot;";
+    else
+      o += c;
   }
   return o;
 }
@@ -281,16 +362,15 @@ std::string bits_svg(const search::search_result& r, const std::string& title) {
     o << "<rect x=\"" << x0 + bar << "\" y=\"" << top + plot_h - ha << "\" width=\"" << bar
       << "\" height=\"" << ha << "\" fill=\"#ee6677\"><title>layer " << svg_escape(l.name)
       << ": activations " << l.a_bits << " bits</title></rect>\n";
-    o << "<text x=\"" << x0 + bar << "\" y=\"" << top + plot_h + 16
-      << "\" text-anchor=\"middle\">" << svg_escape(l.name) << "</text>\n";
+    o << "<text x=\"" << x0 + bar << "\" y=\"" << top + plot_h + 16 << "\" text-anchor=\"middle\">"
+      << svg_escape(l.name) << "</text>\n";
     o << "<text x=\"" << x0 + bar << "\" y=\"" << top + plot_h + 30
-      << "\" text-anchor=\"middle\" fill=\"#666\">" << mixq::detail::cat(int(std::lround(100 * l.bitops_share)), "%")
-      << "</text>\n";
+      << "\" text-anchor=\"middle\" fill=\"#666\">"
+      << mixq::detail::cat(int(std::lround(100 * l.bitops_share)), "%") << "</text>\n";
   }
   const int ly = height - 12;
   o << "<rect x=\"" << left << "\" y=\"" << ly - 9 << "\" width=\"10\" height=\"10\" "
-    << "fill=\"#4477aa\"/><text x=\"" << left + 14 << "\" y=\"" << ly
-    << "\">weight bits</text>\n";
+    << "fill=\"#4477aa\"/><text x=\"" << left + 14 << "\" y=\"" << ly << "\">weight bits</text>\n";
   o << "<rect x=\"" << left + 100 << "\" y=\"" << ly - 9 << "\" width=\"10\" height=\"10\" "
     << "fill=\"#ee6677\"/><text x=\"" << left + 114 << "\" y=\"" << ly
     << "\">activation bits (grey: BitOps share)</text>\n";
