@@ -130,7 +130,8 @@ std::map<std::string, policy_runner> available_policies() {
                          search::search_options& o, const settings& s) {
     search::hawq_options ho;
     ho.space = space_of(s, false);
-    ho.batches = 2;
+    ho.batches = 1;  // 12 probes x 2 gradient evaluations on one batch: a few seconds
+    ho.hutchinson.probes = 12;
     search::hawq_policy p(ho);
     return search::run(model, d, p, b, o);
   };
