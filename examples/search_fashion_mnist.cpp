@@ -1,4 +1,4 @@
-// Mixed-precision search on Fashion-MNIST: trains the demo CNN in FP32 (or loads the
+// Mixed-precision search on Fashion-MNIST: trains the demo CNN (nn::demo_cnn) in FP32 (or loads the
 // checkpoint it saved), then runs one search policy under a budget through search::run
 // (warm-up, search, derive, finetune), prints a per-layer table, and writes the JSON result
 // and an SVG bar chart of the per-layer bits.
@@ -24,6 +24,7 @@
 #include "mixq/data.hpp"
 #include "mixq/nn.hpp"
 #include "mixq/search/driver.hpp"
+#include "mixq/search/trace.hpp"
 #include "mixq/search/uniform_policy.hpp"
 
 namespace nn = mixq::nn;
@@ -32,27 +33,6 @@ namespace search = mixq::search;
 using mixq::quant::bit_config;
 
 namespace {
-
-/// The demo CNN (5 quantizable layers, about 2.3 M MACs per 28x28 image):
-/// conv 1->8, conv 8->16, pool, conv 16->32, pool, conv 32->32, linear 1568->10; each conv is
-/// followed by batch norm and ReLU.
-std::shared_ptr<nn::sequential> make_demo_cnn(std::mt19937& rng) {
-  auto net = std::make_shared<nn::sequential>();
-  auto conv = [&](std::size_t in, std::size_t out) {
-    net->add(std::make_shared<nn::quantized_conv2d>(in, out, 3, 1, 1, 1, false, rng));
-    net->add(std::make_shared<nn::batch_norm2d>(out));
-    net->add(std::make_shared<nn::relu>());
-  };
-  conv(1, 8);
-  conv(8, 16);
-  net->add(std::make_shared<nn::max_pool2d>(2));
-  conv(16, 32);
-  net->add(std::make_shared<nn::max_pool2d>(2));
-  conv(32, 32);
-  net->add(std::make_shared<nn::flatten>());
-  net->add(std::make_shared<nn::quantized_linear>(32 * 7 * 7, 10, true, rng));
-  return net;
-}
 
 void standardise(data::dataset& ds) {
   for (auto& v : ds.images) v = (v - 0.2860f) / 0.3530f;
@@ -121,8 +101,7 @@ std::vector<int> parse_bits(const std::string& s) {
       usage("--bits '" + s + "': '" + item + "' is not a number");
     }
     if (used != item.size()) usage("--bits '" + s + "': '" + item + "' is not a number");
-    if (b < 1 || b > 8)
-      usage("--bits '" + s + "': " + std::to_string(b) + " is outside 1..8");
+    if (b < 1 || b > 8) usage("--bits '" + s + "': " + std::to_string(b) + " is outside 1..8");
     out.push_back(b);
   }
   if (out.empty()) usage("--bits is empty; expected a list such as 2,3,4,8");
@@ -139,24 +118,42 @@ settings parse(int argc, char** argv) {
     if (i + 1 >= argc) usage("missing value after " + a);
     const std::string v = argv[++i];
     try {
-      if (a == "--policy") s.policy = v;
-      else if (a == "--budget") s.budget = v;
-      else if (a == "--budget-kind") s.budget_kind = v;
-      else if (a == "--epochs") s.epochs = std::stoul(v);
-      else if (a == "--warmup-epochs") s.warmup_epochs = std::stoul(v);
-      else if (a == "--finetune-epochs") s.finetune_epochs = std::stoul(v);
-      else if (a == "--fp32-epochs") s.fp32_epochs = std::stoul(v);
-      else if (a == "--checkpoint") s.checkpoint = v;
-      else if (a == "--seed") s.seed = std::stoull(v);
-      else if (a == "--out") s.out = v;
-      else if (a == "--bits") s.bits = parse_bits(v);
-      else if (a == "--batch") s.batch = std::stoul(v);
-      else if (a == "--lr") s.lr = std::stof(v);
-      else if (a == "--arch-lr") s.arch_lr = std::stof(v);
-      else if (a == "--limit-train") s.limit_train = std::stoul(v);
-      else if (a == "--limit-test") s.limit_test = std::stoul(v);
-      else if (a == "--data-dir") s.data_dir = v;
-      else usage("unknown option " + a);
+      if (a == "--policy")
+        s.policy = v;
+      else if (a == "--budget")
+        s.budget = v;
+      else if (a == "--budget-kind")
+        s.budget_kind = v;
+      else if (a == "--epochs")
+        s.epochs = std::stoul(v);
+      else if (a == "--warmup-epochs")
+        s.warmup_epochs = std::stoul(v);
+      else if (a == "--finetune-epochs")
+        s.finetune_epochs = std::stoul(v);
+      else if (a == "--fp32-epochs")
+        s.fp32_epochs = std::stoul(v);
+      else if (a == "--checkpoint")
+        s.checkpoint = v;
+      else if (a == "--seed")
+        s.seed = std::stoull(v);
+      else if (a == "--out")
+        s.out = v;
+      else if (a == "--bits")
+        s.bits = parse_bits(v);
+      else if (a == "--batch")
+        s.batch = std::stoul(v);
+      else if (a == "--lr")
+        s.lr = std::stof(v);
+      else if (a == "--arch-lr")
+        s.arch_lr = std::stof(v);
+      else if (a == "--limit-train")
+        s.limit_train = std::stoul(v);
+      else if (a == "--limit-test")
+        s.limit_test = std::stoul(v);
+      else if (a == "--data-dir")
+        s.data_dir = v;
+      else
+        usage("unknown option " + a);
     } catch (const std::logic_error&) {
       usage("bad value for " + a + ": " + v);
     }
@@ -209,10 +206,14 @@ void train_fp32(nn::module& net, const data::dataset& train, const data::dataset
 
 std::string human(double x) {
   char buf[32];
-  if (x >= 1e9) std::snprintf(buf, sizeof buf, "%.2fG", x * 1e-9);
-  else if (x >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", x * 1e-6);
-  else if (x >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", x * 1e-3);
-  else std::snprintf(buf, sizeof buf, "%.0f", x);
+  if (x >= 1e9)
+    std::snprintf(buf, sizeof buf, "%.2fG", x * 1e-9);
+  else if (x >= 1e6)
+    std::snprintf(buf, sizeof buf, "%.2fM", x * 1e-6);
+  else if (x >= 1e3)
+    std::snprintf(buf, sizeof buf, "%.1fk", x * 1e-3);
+  else
+    std::snprintf(buf, sizeof buf, "%.0f", x);
   return buf;
 }
 
@@ -226,16 +227,20 @@ void print_table(const search::search_result& r) {
                 (long long)l.macs, l.w_bits, l.a_bits, human(l.bitops).c_str(),
                 100.0 * l.bitops_share, 100.0 * l.weight_share);
   }
-  std::printf("total: %lld params, %lld MACs, %s BitOps, %.0f weight bytes (%.1fx smaller than "
-              "FP32); %.1f%% of the budget\n",
-              (long long)r.params, (long long)r.macs, human(r.bitops).c_str(), r.weight_bytes(),
-              r.size_compression_vs_fp32(), 100.0 * r.budget_usage());
-  auto pct = [](double a) { return std::isnan(a) ? std::string("   -  ") : mixq::detail::cat(a * 100, "%"); };
-  std::printf("accuracy: initial %s, after warm-up %s, after search %s, derived %s, finetuned "
-              "%s\n",
-              pct(r.initial.test_accuracy).c_str(), pct(r.warmup.test_accuracy).c_str(),
-              pct(r.search.test_accuracy).c_str(), pct(r.derive.test_accuracy).c_str(),
-              pct(r.finetune.test_accuracy).c_str());
+  std::printf(
+      "total: %lld params, %lld MACs, %s BitOps, %.0f weight bytes (%.1fx smaller than "
+      "FP32); %.1f%% of the budget\n",
+      (long long)r.params, (long long)r.macs, human(r.bitops).c_str(), r.weight_bytes(),
+      r.size_compression_vs_fp32(), 100.0 * r.budget_usage());
+  auto pct = [](double a) {
+    return std::isnan(a) ? std::string("   -  ") : mixq::detail::cat(a * 100, "%");
+  };
+  std::printf(
+      "accuracy: initial %s, after warm-up %s, after search %s, derived %s, finetuned "
+      "%s\n",
+      pct(r.initial.test_accuracy).c_str(), pct(r.warmup.test_accuracy).c_str(),
+      pct(r.search.test_accuracy).c_str(), pct(r.derive.test_accuracy).c_str(),
+      pct(r.finetune.test_accuracy).c_str());
   std::printf("time: warm-up %.1f s, search %.1f s, derive %.2f s, finetune %.1f s, total %.1f s\n",
               r.warmup.seconds, r.search.seconds, r.derive.seconds, r.finetune.seconds,
               r.total_seconds);
@@ -244,11 +249,16 @@ void print_table(const search::search_result& r) {
 std::string svg_escape(const std::string& s) {
   std::string o;
   for (char c : s) {
-    if (c == '<') o += "&lt;";
-    else if (c == '>') o += "&gt;";
-    else if (c == '&') o += "&amp;";
-    else if (c == '"') o += "&quot;";
-    else o += c;
+    if (c == '<')
+      o += "&lt;";
+    else if (c == '>')
+      o += "&gt;";
+    else if (c == '&')
+      o += "&amp;";
+    else if (c == '"')
+      o += "&quot;";
+    else
+      o += c;
   }
   return o;
 }
@@ -281,16 +291,15 @@ std::string bits_svg(const search::search_result& r, const std::string& title) {
     o << "<rect x=\"" << x0 + bar << "\" y=\"" << top + plot_h - ha << "\" width=\"" << bar
       << "\" height=\"" << ha << "\" fill=\"#ee6677\"><title>layer " << svg_escape(l.name)
       << ": activations " << l.a_bits << " bits</title></rect>\n";
-    o << "<text x=\"" << x0 + bar << "\" y=\"" << top + plot_h + 16
-      << "\" text-anchor=\"middle\">" << svg_escape(l.name) << "</text>\n";
+    o << "<text x=\"" << x0 + bar << "\" y=\"" << top + plot_h + 16 << "\" text-anchor=\"middle\">"
+      << svg_escape(l.name) << "</text>\n";
     o << "<text x=\"" << x0 + bar << "\" y=\"" << top + plot_h + 30
-      << "\" text-anchor=\"middle\" fill=\"#666\">" << mixq::detail::cat(int(std::lround(100 * l.bitops_share)), "%")
-      << "</text>\n";
+      << "\" text-anchor=\"middle\" fill=\"#666\">"
+      << mixq::detail::cat(int(std::lround(100 * l.bitops_share)), "%") << "</text>\n";
   }
   const int ly = height - 12;
   o << "<rect x=\"" << left << "\" y=\"" << ly - 9 << "\" width=\"10\" height=\"10\" "
-    << "fill=\"#4477aa\"/><text x=\"" << left + 14 << "\" y=\"" << ly
-    << "\">weight bits</text>\n";
+    << "fill=\"#4477aa\"/><text x=\"" << left + 14 << "\" y=\"" << ly << "\">weight bits</text>\n";
   o << "<rect x=\"" << left + 100 << "\" y=\"" << ly - 9 << "\" width=\"10\" height=\"10\" "
     << "fill=\"#ee6677\"/><text x=\"" << left + 114 << "\" y=\"" << ly
     << "\">activation bits (grey: BitOps share)</text>\n";
@@ -319,7 +328,7 @@ int main(int argc, char** argv) {
     limit(sets.train, s.limit_train);
     limit(sets.test, s.limit_test);
     std::mt19937 rng(unsigned(s.seed));
-    auto net = make_demo_cnn(rng);
+    auto net = nn::demo_cnn(10, 1, rng);
 
     if (!s.checkpoint.empty() && std::filesystem::exists(s.checkpoint)) {
       nn::load_parameters(*net, s.checkpoint);
@@ -332,7 +341,7 @@ int main(int argc, char** argv) {
       }
     }
 
-    const auto costs = search::measure_layer_costs(*net, {1, 28, 28});
+    const auto costs = search::trace_costs(*net, {1, 1, 28, 28}).layers;
     const auto [w, a] = parse_wa(s.budget);
     const auto kind =
         s.budget_kind == "bitops" ? search::budget_kind::bitops : search::budget_kind::weight_bits;
