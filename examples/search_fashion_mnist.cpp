@@ -1,4 +1,4 @@
-// Mixed-precision search on Fashion-MNIST: trains the demo CNN in FP32 (or loads the
+// Mixed-precision search on Fashion-MNIST: trains the demo CNN (nn::demo_cnn) in FP32 (or loads the
 // checkpoint it saved), then runs one search policy under a budget through search::run
 // (warm-up, search, derive, finetune), prints a per-layer table, and writes the JSON result
 // and an SVG bar chart of the per-layer bits.
@@ -27,6 +27,7 @@
 #include "mixq/search/driver.hpp"
 #include "mixq/search/hawq_policy.hpp"
 #include "mixq/search/ompq_policy.hpp"
+#include "mixq/search/trace.hpp"
 #include "mixq/search/uniform_policy.hpp"
 
 namespace nn = mixq::nn;
@@ -34,27 +35,50 @@ namespace data = mixq::data;
 namespace search = mixq::search;
 using mixq::quant::bit_config;
 
+// The differentiable policies, when this build has them (branch diffpol).
+#if __has_include("mixq/search/dnas_policy.hpp") &&              \
+                  __has_include("mixq/search/ebs_policy.hpp") && \
+                                __has_include("mixq/search/fracbits_policy.hpp")
+#include "mixq/search/dnas_policy.hpp"
+#include "mixq/search/ebs_policy.hpp"
+#include "mixq/search/fracbits_policy.hpp"
+#define MIXQ_EXAMPLE_DIFFERENTIABLE 1
+#endif
+
 namespace {
 
-/// The demo CNN (5 quantizable layers, about 2.3 M MACs per 28x28 image):
-/// conv 1->8, conv 8->16, pool, conv 16->32, pool, conv 32->32, linear 1568->10; each conv is
-/// followed by batch norm and ReLU.
-std::shared_ptr<nn::sequential> make_demo_cnn(std::mt19937& rng) {
-  auto net = std::make_shared<nn::sequential>();
-  auto conv = [&](std::size_t in, std::size_t out) {
-    net->add(std::make_shared<nn::quantized_conv2d>(in, out, 3, 1, 1, 1, false, rng));
-    net->add(std::make_shared<nn::batch_norm2d>(out));
-    net->add(std::make_shared<nn::relu>());
+/// Adds dnas, ebs and fracbits to `m` (a map from names to runners) when they exist. Their
+/// candidate bits are --bits; everything else is each policy's default.
+template <class Map>
+void add_differentiable_policies([[maybe_unused]] Map& m) {
+#ifdef MIXQ_EXAMPLE_DIFFERENTIABLE
+  m["dnas"] = [](nn::module& model, const search::search_data& d, const search::budget& b,
+                 search::search_options& o, const auto& s) {
+    search::dnas_options opt;
+    opt.w_bits = opt.a_bits = s.bits;
+    opt.cost_kind = b.kind;
+    opt.seed = s.seed;
+    search::dnas_policy p(opt);
+    return search::run(model, d, p, b, o);
   };
-  conv(1, 8);
-  conv(8, 16);
-  net->add(std::make_shared<nn::max_pool2d>(2));
-  conv(16, 32);
-  net->add(std::make_shared<nn::max_pool2d>(2));
-  conv(32, 32);
-  net->add(std::make_shared<nn::flatten>());
-  net->add(std::make_shared<nn::quantized_linear>(32 * 7 * 7, 10, true, rng));
-  return net;
+  m["ebs"] = [](nn::module& model, const search::search_data& d, const search::budget& b,
+                search::search_options& o, const auto& s) {
+    search::ebs_options opt;
+    opt.w_bits = opt.a_bits = s.bits;
+    opt.cost_kind = b.kind;
+    search::ebs_policy p(opt);
+    return search::run(model, d, p, b, o);
+  };
+  m["fracbits"] = [](nn::module& model, const search::search_data& d, const search::budget& b,
+                     search::search_options& o, const auto& s) {
+    search::fracbits_options opt;
+    opt.min_bits = s.bits.front();
+    opt.max_bits = s.bits.back();
+    opt.cost_kind = b.kind;
+    search::fracbits_policy p(opt);
+    return search::run(model, d, p, b, o);
+  };
+#endif
 }
 
 void standardise(data::dataset& ds) {
@@ -82,6 +106,7 @@ std::pair<int, int> parse_wa(const std::string& s);
 /// The policies available in this build. Only those on main/merged branches are listed.
 std::map<std::string, policy_runner> available_policies() {
   std::map<std::string, policy_runner> m;
+  add_differentiable_policies(m);
   m["uniform"] = [](nn::module& model, const search::search_data& d, const search::budget& b,
                     search::search_options& o, const settings& s) {
     std::vector<search::bit_pair> cand;
@@ -400,7 +425,7 @@ int main(int argc, char** argv) {
     limit(sets.train, s.limit_train);
     limit(sets.test, s.limit_test);
     std::mt19937 rng(unsigned(s.seed));
-    auto net = make_demo_cnn(rng);
+    auto net = nn::demo_cnn(10, 1, rng);
 
     if (!s.checkpoint.empty() && std::filesystem::exists(s.checkpoint)) {
       nn::load_parameters(*net, s.checkpoint);
@@ -413,7 +438,7 @@ int main(int argc, char** argv) {
       }
     }
 
-    const auto costs = search::measure_layer_costs(*net, {1, 28, 28});
+    const auto costs = search::trace_costs(*net, {1, 1, 28, 28}).layers;
     const auto [w, a] = parse_wa(s.budget);
     const auto kind =
         s.budget_kind == "bitops" ? search::budget_kind::bitops : search::budget_kind::weight_bits;

@@ -3,13 +3,16 @@
 // meet the budget; the JSON result round-trips; bad budgets and inputs raise typed errors.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
 
+#include "mixq/nn/fixed_policy.hpp"
 #include "mixq/search/driver.hpp"
+#include "mixq/search/trace.hpp"
 #include "mixq/search/uniform_policy.hpp"
 
 namespace ad = mixq::autodiff;
@@ -196,28 +199,34 @@ void check_phases(const search::search_result& r, const search::search_options& 
 
 }  // namespace
 
-TEST_CASE("measure_layer_costs: params and MACs of a tiny network") {
+TEST_CASE(
+    "input_statistics / signed_input_layers: the first layer reads signed pixels, the second ReLU "
+    "outputs") {
   auto net = tiny_net(1);
-  const auto costs = search::measure_layer_costs(*net, {1, 8, 8});
-  REQUIRE(costs.size() == 2);
-  CHECK(costs[0].kind == search::layer_kind::conv);
-  CHECK(costs[0].params == 4 * 1 * 3 * 3);
-  CHECK(costs[0].macs == 4 * 9 * 8 * 8);
-  CHECK(costs[0].out_h == 8);
-  CHECK(costs[0].name == "0");
-  CHECK(costs[1].kind == search::layer_kind::linear);
-  CHECK(costs[1].params == 64 * 3);
-  CHECK(costs[1].macs == 64 * 3);
-  CHECK(costs[1].bias_params == 3);
-  nn::sequential empty;
-  empty.add(std::make_shared<nn::relu>());
-  CHECK_THROWS_AS(search::measure_layer_costs(empty, {1, 8, 8}), mixq::shape_error);
+  auto d = make_data(6, 1);  // noisy images with negative values
+  CHECK(search::signed_input_layers(*net, d.images) == std::vector<std::size_t>{0});
+  // Layer 0 reads the images themselves: its quantiles of |x| are those of the pixels.
+  std::vector<float> pix;
+  for (float v : d.images) pix.push_back(std::fabs(v));
+  std::sort(pix.begin(), pix.end());
+  for (double q : {0.0, 0.5, 0.999, 1.0}) {
+    const auto st = search::input_statistics(*net, d.images, q);
+    REQUIRE(st.size() == 2);
+    CHECK(st[0].has_negative);
+    CHECK_FALSE(st[1].has_negative);
+    CHECK(st[0].abs_quantile == pix[std::size_t(std::llround(q * double(pix.size() - 1)))]);
+    CHECK(st[1].abs_quantile >= 0.0f);
+  }
+  CHECK_THROWS_AS(search::input_statistics(*net, d.images, 1.5), mixq::value_error);
+  for (auto& v : d.images) v = std::fabs(v);
+  CHECK(search::signed_input_layers(*net, d.images).empty());
+  for (auto* l : nn::quantized_layers(*net)) CHECK(l->policy() == nullptr);
 }
 
 TEST_CASE("run: uniform policy through every phase, config and figures, JSON round trip") {
   fixture f;
   auto net = tiny_net(3);
-  const auto costs = search::measure_layer_costs(*net, {1, 8, 8});
+  const auto costs = search::trace_costs(*net, {1, 1, 8, 8}).layers;
   auto o = quick_options();
   o.policy_name = "uniform";
   SUBCASE("largest uniform config within a W3A3 budget") {
@@ -238,7 +247,14 @@ TEST_CASE("run: uniform policy through every phase, config and figures, JSON rou
     }
     CHECK(share == doctest::Approx(1.0));
     CHECK(r.params == costs[0].params + costs[1].params);
-    CHECK(r.finetuned_policy != nullptr);
+    REQUIRE(r.finetuned_policy != nullptr);
+    // The default finetune policy: nn::fixed_policy at the config, two-sided on layer 0.
+    const auto* fp = dynamic_cast<const nn::fixed_policy*>(r.finetuned_policy.get());
+    REQUIRE(fp != nullptr);
+    CHECK(fp->config() == r.config);
+    CHECK(fp->options().two_sided_layers == std::vector<std::size_t>{0});
+    CHECK(fp->options().weights == nn::weight_quantizer::uniform_symmetric);
+    CHECK(fp->alpha(0).value()[0] > 0.0f);
     std::size_t warm = 0, fine = 0;
     for (const auto& e : r.epochs) (e.phase == "warmup" ? warm : fine) += 1;
     CHECK(warm == o.warmup_epochs);
@@ -282,7 +298,7 @@ TEST_CASE("run: uniform policy through every phase, config and figures, JSON rou
 TEST_CASE("run: an infeasible budget fails before training, naming the smallest value") {
   fixture f;
   auto net = tiny_net(4);
-  const auto costs = search::measure_layer_costs(*net, {1, 8, 8});
+  const auto costs = search::trace_costs(*net, {1, 1, 8, 8}).layers;
   const double least = budget::bitops(1).cost_of(costs, bit_config::uniform(2, 1, 1));
   search::uniform_policy p;
   auto o = quick_options();
@@ -311,7 +327,7 @@ TEST_CASE("run: toy differentiable policy, alternating and joint updates") {
   for (auto scheme : {search::update_scheme::alternating, search::update_scheme::joint}) {
     CAPTURE(int(scheme));
     auto net = tiny_net(5);
-    const auto costs = search::measure_layer_costs(*net, {1, 8, 8});
+    const auto costs = search::trace_costs(*net, {1, 1, 8, 8}).layers;
     const auto b = budget::like_uniform(budget_kind::bitops, costs, 4, 4);
     toy_diff_policy p;
     auto o = quick_options();
@@ -343,14 +359,14 @@ TEST_CASE("run: toy differentiable policy, alternating and joint updates") {
 TEST_CASE("run: re-allocation at epoch ends switches the finetune config") {
   fixture f;
   auto net = tiny_net(6);
-  const auto costs = search::measure_layer_costs(*net, {1, 8, 8});
+  const auto costs = search::trace_costs(*net, {1, 1, 8, 8}).layers;
   const auto b = budget::like_uniform(budget_kind::bitops, costs, 4, 4);
   auto o = quick_options();
   o.warmup_epochs = 0;
   std::vector<bit_config> made;
   o.make_fixed_policy = [&](const bit_config& c) {
     made.push_back(c);
-    return std::make_unique<search::detail::plain_fixed_policy>(c);
+    return std::make_unique<nn::fixed_policy>(c);
   };
   reallocating_policy p{bit_config{{2, 8}, {2, 8}}, bit_config{{4, 4}, {4, 4}}, {}};
   const auto r = search::run(*net, f.data(), p, b, o);
@@ -378,7 +394,7 @@ TEST_CASE("run: re-allocation at epoch ends switches the finetune config") {
 TEST_CASE("run: bad data and options raise typed errors") {
   fixture f;
   auto net = tiny_net(7);
-  const auto costs = search::measure_layer_costs(*net, {1, 8, 8});
+  const auto costs = search::trace_costs(*net, {1, 1, 8, 8}).layers;
   const auto b = budget::like_uniform(budget_kind::bitops, costs, 4, 4);
   search::uniform_policy p;
   auto o = quick_options();

@@ -2,7 +2,8 @@
 // differentiable_policy or allocation_policy through the same phases (warm-up, search, derive,
 // finetune at the fixed config), with the training loop's progress display, and returns a
 // search_result (config, cost figures, accuracy and time per phase). Also
-// measure_layer_costs(): the layer_cost table of a model's quantized layers from one forward.
+// input_statistics() / signed_input_layers(): the sign and range of each quantized layer's
+// input (two-sided PACT, initial clip levels).
 #pragma once
 
 #include <algorithm>
@@ -20,6 +21,7 @@
 
 #include "mixq/autodiff.hpp"
 #include "mixq/core/error.hpp"
+#include "mixq/nn/fixed_policy.hpp"
 #include "mixq/nn/module.hpp"
 #include "mixq/nn/optim.hpp"
 #include "mixq/nn/quantized.hpp"
@@ -27,72 +29,78 @@
 #include "mixq/search/cost.hpp"
 #include "mixq/search/policy.hpp"
 #include "mixq/search/result.hpp"
-
-#if __has_include("mixq/nn/fixed_policy.hpp")
-#include "mixq/nn/fixed_policy.hpp"
-#define MIXQ_SEARCH_HAVE_FIXED_POLICY 1
-#endif
+#include "mixq/search/trace.hpp"
 
 namespace mixq::search {
 
-// ---- layer costs ----------------------------------------------------------------------------
+// ---- signed inputs ---------------------------------------------------------------------------
 
 namespace detail {
-inline void collect_named_quantized(
-    nn::module& m, const std::string& path,
-    std::vector<std::pair<std::string, nn::quantized_layer*>>& out) {
-  if (auto* q = dynamic_cast<nn::quantized_layer*>(&m)) out.emplace_back(path, q);
-  for (auto& [name, child] : m.children())
-    collect_named_quantized(*child, path.empty() ? name : path + "." + name, out);
-}
+/// Passes everything through unchanged and records each layer's input values.
+class input_probe_policy : public nn::precision_policy {
+ public:
+  std::vector<std::vector<float>> inputs;
+  void on_attach(std::span<nn::quantized_layer* const> layers) override {
+    inputs.assign(layers.size(), {});
+  }
+  autodiff::var quantize_weights(std::size_t, const autodiff::var& w) override { return w; }
+  autodiff::var quantize_activations(std::size_t layer, const autodiff::var& x) override {
+    inputs.at(layer).assign(x.value().begin(), x.value().end());
+    return x;
+  }
+};
 }  // namespace detail
 
-/// The layer_cost of every quantized layer of `model` (nn::quantized_layers() order), from one
-/// forward of a zero batch of shape [1, sample_shape...] in eval mode without a graph (through
-/// whatever precision policy is attached). Layers are named by their module path ("3",
-/// "features.0"). MACs per sample: params * H_out * W_out for convs, params for linear layers.
-inline std::vector<layer_cost> measure_layer_costs(nn::module& model, const shape_t& sample_shape) {
-  std::vector<std::pair<std::string, nn::quantized_layer*>> layers;
-  detail::collect_named_quantized(model, "", layers);
-  if (layers.empty())
-    throw shape_error(
-        "measure_layer_costs: the model has no quantized layer; expected quantized_conv2d or "
-        "quantized_linear modules");
-  shape_t s{1};
-  s.insert(s.end(), sample_shape.begin(), sample_shape.end());
-  {
-    const bool was_training = model.is_training();
-    model.eval();
+/// Per quantized layer, what its input looked like on one batch.
+struct layer_input_stats {
+  bool has_negative = false;  // some input value < 0 (a signed range is needed)
+  float abs_quantile = 0;     // the requested quantile of |input|
+};
+
+/// Input statistics of every quantized layer on `images` (one forward in eval mode without a
+/// graph; the model is left detached from any precision policy). `quantile` in [0, 1].
+inline std::vector<layer_input_stats> input_statistics(nn::module& model,
+                                                       const autodiff::ftensor& images,
+                                                       double quantile = 0.999) {
+  if (!(quantile >= 0 && quantile <= 1))
+    throw value_error(
+        mixq::detail::cat("input_statistics: quantile ", quantile, "; expected 0..1"));
+  detail::input_probe_policy probe;
+  nn::attach_policy(model, probe);
+  const bool was_training = model.is_training();
+  model.eval();
+  try {
     autodiff::no_grad ng;
-    (void)model(autodiff::constant(autodiff::ftensor(s, 0.0f)));
+    (void)model(autodiff::constant(images));
+  } catch (...) {
+    nn::detach_policy(model);
     model.train(was_training);
+    throw;
   }
-  std::vector<layer_cost> out;
-  for (auto& [name, q] : layers) {
-    layer_cost c;
-    c.name = name.empty() ? std::string("layer") : name;
-    c.kind = q->kind() == nn::quantized_kind::linear           ? layer_kind::linear
-             : q->kind() == nn::quantized_kind::depthwise_conv ? layer_kind::depthwise_conv
-                                                               : layer_kind::conv;
-    c.in_channels = std::int64_t(q->in_channels());
-    c.out_channels = std::int64_t(q->out_channels());
-    c.kernel = std::int64_t(q->kernel_size());
-    c.stride = std::int64_t(q->stride());
-    c.groups = std::int64_t(q->groups());
-    c.params = std::int64_t(q->weight_params());
-    c.bias_params = q->bias.defined() ? std::int64_t(q->out_channels()) : 0;
-    const auto& os = q->output_shape();
-    if (c.kind != layer_kind::linear) {
-      if (os.size() != 4)
-        throw shape_error(mixq::detail::cat("measure_layer_costs: conv layer ", c.name,
-                                            " produced shape ", shape_string(os),
-                                            "; expected [N, C, H, W]"));
-      c.out_h = std::int64_t(os[2]);
-      c.out_w = std::int64_t(os[3]);
-    }
-    c.macs = c.params * c.out_h * c.out_w;
-    out.push_back(std::move(c));
+  nn::detach_policy(model);
+  model.train(was_training);
+  std::vector<layer_input_stats> out(probe.inputs.size());
+  for (std::size_t l = 0; l < out.size(); ++l) {
+    auto& v = probe.inputs[l];
+    if (v.empty()) continue;
+    out[l].has_negative = std::any_of(v.begin(), v.end(), [](float f) { return f < 0.0f; });
+    for (auto& f : v) f = std::fabs(f);
+    const auto k = std::size_t(std::llround(quantile * double(v.size() - 1)));
+    std::nth_element(v.begin(), v.begin() + std::ptrdiff_t(k), v.end());
+    out[l].abs_quantile = v[k];
   }
+  return out;
+}
+
+/// The quantized layers (by index) whose input has negative values on `images` (e.g. the
+/// first conv reading standardised pixels): their activation quantizers need a signed range
+/// (nn::fixed_policy_options::two_sided_layers).
+inline std::vector<std::size_t> signed_input_layers(nn::module& model,
+                                                    const autodiff::ftensor& images) {
+  std::vector<std::size_t> out;
+  const auto st = input_statistics(model, images);
+  for (std::size_t l = 0; l < st.size(); ++l)
+    if (st[l].has_negative) out.push_back(l);
   return out;
 }
 
@@ -209,60 +217,25 @@ struct search_options {
   std::uint64_t seed = 1;
   /// Recorded in the result ("uniform", "dnas", ...).
   std::string policy_name = "policy";
-  /// The finetune's precision policy; empty: nn::fixed_policy when the quant layer has it.
+  /// The finetune's precision policy; empty: nn::fixed_policy (DoReFa weights, PACT
+  /// activations; two-sided PACT on the layers with signed inputs, each alpha initialised to
+  /// the 99.9% quantile of |input| on one training batch; see input_statistics()).
   fixed_policy_factory make_fixed_policy;
+  /// Settings of the default finetune policy (two_sided_layers is filled in by the driver).
+  /// Per-channel symmetric weights by default: unlike DoReFa's tanh normalisation they keep
+  /// a trained model's weight scale, so the batch-norm statistics still fit at the start.
+  nn::fixed_policy_options fixed_options = default_fixed_options();
+
+  static nn::fixed_policy_options default_fixed_options() {
+    nn::fixed_policy_options f;
+    f.weights = nn::weight_quantizer::uniform_symmetric;
+    return f;
+  }
   std::ostream* out = &std::cerr;  // progress and phase lines; nullptr: silent
   int interactive = -1;            // progress bar redraws: -1 detect a terminal, 0 off, 1 on
 };
 
 namespace detail {
-
-/// Fallback finetune quantizer when no factory is given and nn::fixed_policy is unavailable:
-/// symmetric max-abs weights, per-batch max-range activations (unsigned when non-negative),
-/// rounding with a straight-through gradient; 1 bit is sign times mean magnitude.
-class plain_fixed_policy : public nn::precision_policy {
- public:
-  explicit plain_fixed_policy(bit_config c) : c_(std::move(c)) {}
-  autodiff::var quantize_weights(std::size_t layer, const autodiff::var& w) override {
-    return symmetric(w, c_.w_bits.at(layer));
-  }
-  autodiff::var quantize_activations(std::size_t layer, const autodiff::var& x) override {
-    const int bits = c_.a_bits.at(layer);
-    const auto& v = x.value();
-    if (v.size() == 0) return x;
-    const auto [lo, hi] = std::minmax_element(v.begin(), v.end());
-    if (*lo < 0.0f) return symmetric(x, bits);
-    if (*hi <= 0.0f) return x;
-    const float levels = float((1 << bits) - 1), step = *hi / levels;
-    return autodiff::mul(
-        autodiff::round_ste(autodiff::mul(autodiff::clip(x, 0.0f, *hi), 1.0f / step)), step);
-  }
-
- private:
-  static autodiff::var symmetric(const autodiff::var& x, int bits) {
-    const auto& v = x.value();
-    float m = 0, mean_abs = 0;
-    for (float f : v) m = std::max(m, std::fabs(f)), mean_abs += std::fabs(f);
-    if (m == 0.0f || v.size() == 0) return x;
-    mean_abs /= float(v.size());
-    if (bits == 1) {  // sign(x) * mean|x|, straight-through inside [-m, m]
-      const auto u = autodiff::add(autodiff::mul(autodiff::clip(x, -m, m), 0.5f / m), 0.5f);
-      return autodiff::mul(autodiff::add(autodiff::mul(autodiff::round_ste(u), 2.0f), -1.0f),
-                           mean_abs);
-    }
-    const float levels = float((1 << (bits - 1)) - 1), step = m / levels;
-    return autodiff::mul(autodiff::round_ste(autodiff::mul(x, 1.0f / step)), step);
-  }
-  bit_config c_;
-};
-
-inline std::unique_ptr<nn::precision_policy> make_default_fixed_policy(const bit_config& c) {
-#ifdef MIXQ_SEARCH_HAVE_FIXED_POLICY
-  return std::make_unique<nn::fixed_policy>(c);
-#else
-  return std::make_unique<plain_fixed_policy>(c);
-#endif
-}
 
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -323,7 +296,9 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
 
   nn::detach_policy(model);
   const shape_t sample(data.train.images.shape().begin() + 1, data.train.images.shape().end());
-  const std::vector<layer_cost> costs = measure_layer_costs(model, sample);
+  shape_t one{1};
+  one.insert(one.end(), sample.begin(), sample.end());
+  const std::vector<layer_cost> costs = trace_costs(model, one).layers;
   b.check_feasible(costs, o.min_w_bits, o.min_a_bits);
 
   // Train / validation split of the (possibly limited) training set; test subset.
@@ -508,6 +483,16 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
       << "% of the budget)\n";
 
   // 4. finetune at the fixed config
+  // The default finetune policy starts from the inputs' ranges: two-sided PACT where inputs
+  // are signed, alpha = the 99.9% quantile of |input| (PACT's fixed initial alphas, 8 and 10,
+  // would round the small activations of a trained model to 0 at 2 bits).
+  std::vector<layer_input_stats> input_stats;
+  std::vector<std::size_t> signed_layers;
+  if (!o.make_fixed_policy) {
+    input_stats = input_statistics(model, train[0].images);
+    for (std::size_t l = 0; l < input_stats.size(); ++l)
+      if (input_stats[l].has_negative) signed_layers.push_back(l);
+  }
   std::shared_ptr<nn::precision_policy> fixed;
   nn::precision_policy* active = nullptr;
   auto attach_config = [&](const bit_config& c) {
@@ -515,9 +500,18 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
       (void)c;
       active = &policy;
     } else {
-      fixed = o.make_fixed_policy
-                  ? std::shared_ptr<nn::precision_policy>(o.make_fixed_policy(c))
-                  : std::shared_ptr<nn::precision_policy>(detail::make_default_fixed_policy(c));
+      if (o.make_fixed_policy) {
+        fixed = std::shared_ptr<nn::precision_policy>(o.make_fixed_policy(c));
+      } else {
+        nn::fixed_policy_options fo = o.fixed_options;
+        fo.two_sided_layers = signed_layers;
+        auto fp = std::make_shared<nn::fixed_policy>(c, fo);
+        fixed = fp;
+        nn::attach_policy(model, *fp);  // creates the alphas
+        for (std::size_t l = 0; l < input_stats.size(); ++l)
+          if (input_stats[l].abs_quantile > 0 && fo.activations == nn::activation_quantizer::pact)
+            fp->alpha(l).value()[0] = input_stats[l].abs_quantile;
+      }
       if (!fixed) throw value_error("search::run: make_fixed_policy returned no policy");
       active = fixed.get();
     }
