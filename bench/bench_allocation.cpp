@@ -10,6 +10,7 @@
 #include "mixq/search/driver.hpp"
 #include "mixq/search/hawq_policy.hpp"
 #include "mixq/search/ompq_policy.hpp"
+#include "mixq/search/trace.hpp"
 
 namespace {
 
@@ -23,7 +24,7 @@ struct setup {
   search_context ctx;
   explicit setup(std::size_t batch_size)
       : ctx{*model,
-            measure_layer_costs(*model, {1, 28, 28}),
+            trace_costs(*model, {1, 1, 28, 28}).layers,
             [this] { return batches.size(); },
             [this](std::size_t i) { return batches.at(i); },
             [this] { return batches.size(); },
