@@ -1,0 +1,583 @@
+// Allocation policies: linear CKA against a plain H K H reference and its invariances
+// (identical features, orthogonal transforms, isotropic scaling, symmetry, range, both forms);
+// bad inputs of each part.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "mixq/nn/module.hpp"
+#include "mixq/nn/optim.hpp"
+#include "mixq/nn/quantized.hpp"
+#include "mixq/search/bmpq_policy.hpp"
+#include "mixq/search/cka.hpp"
+#include "mixq/search/hawq_policy.hpp"
+#include "mixq/search/ompq_policy.hpp"
+
+using namespace mixq;
+using namespace mixq::search;
+
+namespace {
+
+tensor<float> random_features(std::size_t n, std::size_t d, std::mt19937& rng, float offset = 0) {
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  tensor<float> t({n, d});
+  for (auto& v : t) v = g(rng) + offset;
+  return t;
+}
+
+// Plain reference: K = X X^T, Kc = H K H with H = I - 11^T/n, HSIC ratio.
+double reference_cka(const tensor<float>& x, const tensor<float>& y) {
+  const std::size_t n = x.dim(0), dx = x.size() / n, dy = y.size() / n;
+  auto centred_gram = [n](const tensor<float>& f, std::size_t d) {
+    std::vector<double> k(n * n, 0.0), h(n * n), hk(n * n, 0.0), out(n * n, 0.0);
+    for (std::size_t a = 0; a < n; ++a)
+      for (std::size_t b = 0; b < n; ++b) {
+        for (std::size_t c = 0; c < d; ++c) k[a * n + b] += double(f[a * d + c]) * f[b * d + c];
+        h[a * n + b] = (a == b ? 1.0 : 0.0) - 1.0 / double(n);
+      }
+    for (std::size_t a = 0; a < n; ++a)
+      for (std::size_t b = 0; b < n; ++b)
+        for (std::size_t c = 0; c < n; ++c) hk[a * n + b] += h[a * n + c] * k[c * n + b];
+    for (std::size_t a = 0; a < n; ++a)
+      for (std::size_t b = 0; b < n; ++b)
+        for (std::size_t c = 0; c < n; ++c) out[a * n + b] += hk[a * n + c] * h[c * n + b];
+    return out;
+  };
+  const auto kx = centred_gram(x, dx), ky = centred_gram(y, dy);
+  double xy = 0, xx = 0, yy = 0;
+  for (std::size_t i = 0; i < n * n; ++i) {
+    xy += kx[i] * ky[i];
+    xx += kx[i] * kx[i];
+    yy += ky[i] * ky[i];
+  }
+  return xy / std::sqrt(xx * yy);
+}
+
+// A random orthogonal d x d matrix: Gram-Schmidt on Gaussian columns (double).
+std::vector<double> random_orthogonal(std::size_t d, std::mt19937& rng) {
+  std::normal_distribution<double> g(0.0, 1.0);
+  std::vector<double> q(d * d);  // column j at q[i*d + j]
+  for (auto& v : q) v = g(rng);
+  for (std::size_t j = 0; j < d; ++j) {
+    for (int pass = 0; pass < 2; ++pass)  // twice for numerical orthogonality
+      for (std::size_t k = 0; k < j; ++k) {
+        double dot = 0;
+        for (std::size_t i = 0; i < d; ++i) dot += q[i * d + j] * q[i * d + k];
+        for (std::size_t i = 0; i < d; ++i) q[i * d + j] -= dot * q[i * d + k];
+      }
+    double norm = 0;
+    for (std::size_t i = 0; i < d; ++i) norm += q[i * d + j] * q[i * d + j];
+    norm = std::sqrt(norm);
+    for (std::size_t i = 0; i < d; ++i) q[i * d + j] /= norm;
+  }
+  return q;
+}
+
+tensor<float> times(const tensor<float>& x, const std::vector<double>& q, double scale = 1.0) {
+  const std::size_t n = x.dim(0), d = x.dim(1);
+  tensor<float> out({n, d});
+  for (std::size_t r = 0; r < n; ++r)
+    for (std::size_t j = 0; j < d; ++j) {
+      double s = 0;
+      for (std::size_t i = 0; i < d; ++i) s += double(x[r * d + i]) * q[i * d + j];
+      out[r * d + j] = float(scale * s);
+    }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("cka: matches the H K H reference in both forms, symmetric, in [0, 1]") {
+  std::mt19937 rng(11);
+  const std::size_t shapes[][3] = {{8, 3, 5}, {16, 40, 7}, {5, 2, 60}, {12, 12, 12}, {30, 4, 4}};
+  for (const auto& s : shapes) {
+    const auto x = random_features(s[0], s[1], rng, 0.5f);
+    auto y = random_features(s[0], s[2], rng, -2.0f);
+    // Make y partly depend on x so the similarity is not near 0.
+    for (std::size_t r = 0; r < s[0]; ++r) y[r * s[2]] += 2.0f * x[r * s[1]];
+    const double ref = reference_cka(x, y);
+    const double g = cka(x, y, cka_form::gram), f = cka(x, y, cka_form::feature);
+    CHECK(g == doctest::Approx(ref).epsilon(1e-9));
+    CHECK(f == doctest::Approx(ref).epsilon(1e-9));
+    CHECK(cka(x, y) == doctest::Approx(ref).epsilon(1e-9));
+    CHECK(cka(y, x) == doctest::Approx(g).epsilon(1e-12));
+    CHECK(g >= 0.0);
+    CHECK(g <= 1.0);
+  }
+}
+
+TEST_CASE("cka: 1 for identical features, invariant to orthogonal transforms and scaling") {
+  std::mt19937 rng(12);
+  for (std::size_t d : {3u, 9u, 24u}) {
+    const auto x = random_features(10, d, rng, 1.0f);
+    const auto y = random_features(10, 6, rng);
+    CHECK(cka(x, x) == doctest::Approx(1.0).epsilon(1e-12));
+    CHECK(cka(x, x, cka_form::gram) == doctest::Approx(1.0).epsilon(1e-12));
+    CHECK(cka(x, x, cka_form::feature) == doctest::Approx(1.0).epsilon(1e-12));
+    const double base = cka(x, y);
+    const auto q = random_orthogonal(d, rng);
+    const auto xq = times(x, q);
+    CHECK(cka(x, xq) == doctest::Approx(1.0).epsilon(1e-5));
+    CHECK(cka(xq, y) == doctest::Approx(base).epsilon(1e-5));
+    CHECK(cka(y, xq, cka_form::feature) == doctest::Approx(base).epsilon(1e-5));
+    // Isotropic scaling of either input.
+    std::vector<double> id(d * d, 0.0);
+    for (std::size_t i = 0; i < d; ++i) id[i * d + i] = 1.0;
+    CHECK(cka(times(x, id, 37.5), y) == doctest::Approx(base).epsilon(1e-5));
+    CHECK(cka(x, tensor<float>({10, 4}, 2.5f), cka_form::gram) == 0.0);  // no variance
+    CHECK(cka(x, tensor<float>({10, 4}, 2.5f), cka_form::feature) == 0.0);
+    const auto ys = times(y, random_orthogonal(6, rng), 1e-3);
+    CHECK(cka(x, ys) == doctest::Approx(base).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("cka_matrix: pairwise CKA with unit diagonal, forms agree") {
+  std::mt19937 rng(13);
+  std::vector<tensor<float>> raw;
+  raw.push_back(random_features(20, 3, rng));
+  raw.push_back(random_features(20, 50, rng));
+  raw.push_back(random_features(20, 7, rng));
+  raw.push_back(raw[0]);
+  tensor<float> conv({20, 2, 3, 3});  // rank 4: flattened per sample
+  for (std::size_t i = 0; i < conv.size(); ++i) conv[i] = float(std::sin(0.37 * double(i)));
+  raw.push_back(conv);
+  std::vector<cka_features> sets;
+  for (const auto& r : raw) sets.emplace_back(r);
+  const auto m = cka_matrix(sets);
+  const auto mg = cka_matrix(sets, cka_form::gram);
+  const auto mf = cka_matrix(sets, cka_form::feature);
+  for (std::size_t i = 0; i < raw.size(); ++i) {
+    CHECK(m[i][i] == 1.0);
+    for (std::size_t j = 0; j < raw.size(); ++j) {
+      CHECK(m[i][j] == m[j][i]);
+      CHECK(m[i][j] == doctest::Approx(reference_cka(raw[i], raw[j])).epsilon(1e-9));
+      CHECK(mg[i][j] == doctest::Approx(m[i][j]).epsilon(1e-9));
+      CHECK(mf[i][j] == doctest::Approx(m[i][j]).epsilon(1e-9));
+    }
+  }
+  CHECK(m[0][3] == doctest::Approx(1.0).epsilon(1e-12));
+}
+
+TEST_CASE("cka: bad input") {
+  std::mt19937 rng(14);
+  const auto x = random_features(8, 3, rng);
+  CHECK_THROWS_AS(cka(x, random_features(9, 3, rng)), shape_error);
+  CHECK_THROWS_AS(cka_features{tensor<float>({8})}, shape_error);     // rank 1
+  CHECK_THROWS_AS(cka_features{tensor<float>({1, 4})}, shape_error);  // one sample
+  CHECK_THROWS_AS(cka_features{tensor<float>({0, 4})}, shape_error);  // empty
+  CHECK_THROWS_AS(cka_features{tensor<float>({4, 0})}, shape_error);  // no features
+  auto bad = x;
+  bad[5] = std::nanf("");
+  CHECK_THROWS_AS(cka_features{bad}, value_error);
+  CHECK_THROWS_AS(cka_matrix(std::span<const cka_features>{}), shape_error);
+  std::vector<cka_features> sets;
+  sets.emplace_back(x);
+  sets.emplace_back(random_features(5, 3, rng));
+  CHECK_THROWS_AS(cka_matrix(sets), shape_error);
+  try {
+    cka(x, random_features(9, 3, rng));
+  } catch (const shape_error& e) {
+    CHECK(std::string(e.what()).find("same") != std::string::npos);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policies on a small CNN and synthetic data.
+
+namespace {
+
+using autodiff::ftensor;
+using autodiff::var;
+
+std::shared_ptr<nn::sequential> small_cnn(std::mt19937& rng) {
+  auto m = std::make_shared<nn::sequential>();
+  m->add(std::make_shared<nn::quantized_conv2d>(1, 4, 3, 1, 1, 1, false, rng));
+  m->add(std::make_shared<nn::relu>());
+  m->add(std::make_shared<nn::quantized_conv2d>(4, 8, 3, 2, 1, 1, false, rng));
+  m->add(std::make_shared<nn::relu>());
+  m->add(std::make_shared<nn::flatten>());
+  m->add(std::make_shared<nn::quantized_linear>(8 * 4 * 4, 24, true, rng));
+  m->add(std::make_shared<nn::relu>());
+  m->add(std::make_shared<nn::quantized_linear>(24, 3, true, rng));
+  return m;
+}
+
+// Layer costs from the shapes of one forward (what trace_costs computes).
+std::vector<layer_cost> costs_of(nn::module& model, const ftensor& images) {
+  {
+    autodiff::no_grad ng;
+    (void)model(autodiff::constant(images));
+  }
+  std::vector<layer_cost> out;
+  for (auto* l : nn::quantized_layers(model)) {
+    layer_cost c;
+    c.name = "layer" + std::to_string(out.size());
+    c.in_channels = std::int64_t(l->in_channels());
+    c.out_channels = std::int64_t(l->out_channels());
+    c.kernel = std::int64_t(l->kernel_size());
+    c.params = std::int64_t(l->weight_params());
+    const auto& os = l->output_shape();
+    if (l->kind() == nn::quantized_kind::linear) {
+      c.kind = layer_kind::linear;
+      c.macs = c.params;
+    } else {
+      c.out_h = std::int64_t(os[2]);
+      c.out_w = std::int64_t(os[3]);
+      c.macs = c.params * c.out_h * c.out_w;
+    }
+    out.push_back(c);
+  }
+  return out;
+}
+
+// Three classes of 8x8 images: class = which third of the image holds a bright bar.
+struct synthetic_data {
+  std::vector<batch> batches;
+  synthetic_data(std::size_t count, std::size_t size, std::uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> noise(0.0f, 0.3f);
+    std::uniform_int_distribution<int> cls(0, 2);
+    for (std::size_t b = 0; b < count; ++b) {
+      batch bt{ftensor({size, 1, 8, 8}), {}};
+      for (std::size_t n = 0; n < size; ++n) {
+        const int c = cls(rng);
+        bt.labels.push_back(c);
+        for (std::size_t y = 0; y < 8; ++y)
+          for (std::size_t x = 0; x < 8; ++x)
+            bt.images[((n * 8) + y) * 8 + x] =
+                noise(rng) + (int(x) / 3 == c && y > 1 && y < 6 ? 1.0f : 0.0f);
+      }
+      batches.push_back(std::move(bt));
+    }
+  }
+};
+
+struct fixture {
+  std::mt19937 rng{21};
+  std::shared_ptr<nn::sequential> model = small_cnn(rng);
+  synthetic_data data{6, 16, 5};
+  search_context ctx{*model,
+                     costs_of(*model, data.batches[0].images),
+                     [this] { return data.batches.size(); },
+                     [this](std::size_t i) { return data.batches.at(i); },
+                     [this] { return data.batches.size(); },
+                     [this](std::size_t i) { return data.batches.at(i); },
+                     7,
+                     std::getenv("MIXQ_TEST_LOG") ? &std::cerr : nullptr};
+};
+
+void train(fixture& f, std::size_t epochs) {
+  nn::sgd opt(f.model->parameters(), 0.05f, 0.9f);
+  f.model->train();
+  for (std::size_t e = 0; e < epochs; ++e)
+    for (const auto& bt : f.data.batches) {
+      opt.zero_grad();
+      autodiff::backward(
+          autodiff::cross_entropy((*f.model)(autodiff::constant(bt.images)), bt.labels));
+      opt.step();
+    }
+}
+
+double weight_bits_of(const std::vector<layer_cost>& costs, const bit_config& c) {
+  double s = 0;
+  for (std::size_t i = 0; i < costs.size(); ++i) s += double(costs[i].params) * c.w_bits[i];
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("ompq: importances and coefficients follow the formulas") {
+  const std::vector<std::vector<double>> s = {{1, 0.5, 0.2}, {0.5, 1, 0.1}, {0.2, 0.1, 1}};
+  const auto theta = ompq_importance(s, 2.0);
+  CHECK(theta[0] == doctest::Approx(std::exp(-2.0 * 0.7)));
+  CHECK(theta[1] == doctest::Approx(std::exp(-2.0 * 0.6)));
+  CHECK(theta[2] == doctest::Approx(std::exp(-2.0 * 0.3)));
+  const auto c = ompq_coefficients(theta);
+  CHECK(c[2] == doctest::Approx(theta[2]));
+  CHECK(c[1] == doctest::Approx((theta[1] + theta[2]) / 2));
+  CHECK(c[0] == doctest::Approx((theta[0] + theta[1] + theta[2]) / 3));
+  CHECK_THROWS_AS(ompq_importance({{1, 0}, {0}}, 1.0), shape_error);
+}
+
+TEST_CASE("ompq_policy: CKA of the layer outputs, LP + rounding within the budget") {
+  fixture f;
+  const auto outputs = record_layer_outputs(*f.model, first_samples(f.data.batches[0].images, 32));
+  REQUIRE(outputs.size() == 4);
+  CHECK(outputs[0].shape() == shape_t{16, 4, 8, 8});
+  CHECK(outputs[3].shape() == shape_t{16, 3});
+  for (auto kind : {budget_kind::weight_bits, budget_kind::bitops})
+    for (int w : {2, 3, 5}) {
+      const auto b = budget::like_uniform(kind, f.ctx.costs, w, 8);
+      ompq_options o;
+      o.beta = 2.0;
+      ompq_policy p(o);
+      const auto cfg = p.allocate(f.ctx, b);
+      const auto& r = p.report();
+      CHECK(b.admits(f.ctx.costs, cfg));
+      CHECK(r.rounded_cost <= r.lp_cost * (1 + 1e-9));
+      CHECK(r.lp_cost <= b.value * (1 + 1e-9));
+      REQUIRE(r.similarity.size() == 4);
+      for (std::size_t i = 0; i < 4; ++i)
+        for (std::size_t j = 0; j < 4; ++j)
+          CHECK(r.similarity[i][j] == doctest::Approx(cka(outputs[i], outputs[j])).epsilon(1e-9));
+      for (std::size_t i = 0; i < 4; ++i) {
+        CHECK(cfg.a_bits[i] == 8);
+        CHECK(cfg.w_bits[i] >= 2);
+        CHECK(cfg.w_bits[i] <= 8);
+        // Budget-matching rounding: floor or ceil of the LP's real bits.
+        CHECK(cfg.w_bits[i] >= int(std::floor(r.real_bits[i] + 1e-9)));
+        CHECK(cfg.w_bits[i] <= int(std::ceil(r.real_bits[i] - 1e-9)));
+      }
+      // The LP is the greedy fractional knapsack: at most one layer strictly between bounds,
+      // the budget used up unless every layer is at the top.
+      int fractional = 0;
+      for (double x : r.real_bits) fractional += (x > 2 + 1e-9 && x < 8 - 1e-9);
+      CHECK(fractional <= 1);
+      // The exact ILP on the same objective is at least as good and also admitted.
+      o.exact_ilp = true;
+      ompq_policy exact(o);
+      const auto cfg2 = exact.allocate(f.ctx, b);
+      CHECK(b.admits(f.ctx.costs, cfg2));
+      double v_round = 0, v_ilp = 0;
+      for (std::size_t i = 0; i < 4; ++i) {
+        v_round += r.coefficient[i] * cfg.w_bits[i];
+        v_ilp += r.coefficient[i] * cfg2.w_bits[i];
+      }
+      CHECK(v_ilp >= v_round - 1e-9);
+    }
+}
+
+TEST_CASE("ompq_policy: pinned edge layers and sparse candidates") {
+  fixture f;
+  ompq_options o;
+  o.space.pin_first = o.space.pin_last = true;
+  o.space.edge_bits = 8;
+  ompq_policy p(o);
+  const auto b = budget::like_uniform(budget_kind::weight_bits, f.ctx.costs, 4, 8);
+  const auto cfg = p.allocate(f.ctx, b);
+  CHECK(cfg.w_bits.front() == 8);
+  CHECK(cfg.w_bits.back() == 8);
+  CHECK(p.report().searched == std::vector<std::size_t>{1, 2});
+  CHECK(b.admits(f.ctx.costs, cfg));
+  o.space.candidates = {2, 4, 8};
+  CHECK_THROWS_AS(ompq_policy(o).allocate(f.ctx, b), bits_error);  // rounding needs steps of 1
+  o.exact_ilp = true;
+  const auto cfg2 = ompq_policy(o).allocate(f.ctx, b);
+  for (std::size_t i = 1; i < 3; ++i)
+    CHECK((cfg2.w_bits[i] == 2 || cfg2.w_bits[i] == 4 || cfg2.w_bits[i] == 8));
+}
+
+TEST_CASE("ompq_policy: bad input") {
+  fixture f;
+  ompq_policy p;
+  // Below W2 everywhere: budget_error naming the smallest feasible value.
+  const double least = weight_bits_of(f.ctx.costs, bit_config::uniform(4, 2, 8));
+  try {
+    p.allocate(f.ctx, budget::weight_bits(least - 1));
+    FAIL("expected budget_error");
+  } catch (const budget_error& e) {
+    CHECK(std::string(e.what()).find(search::detail::figure(least)) != std::string::npos);
+  }
+  CHECK_NOTHROW(p.allocate(f.ctx, budget::weight_bits(least)));
+  auto wrong = f.ctx;
+  wrong.costs.pop_back();
+  CHECK_THROWS_AS(p.allocate(wrong, budget::weight_bits(least * 4)), shape_error);
+  ompq_options o;
+  o.batch_index = 99;
+  CHECK_THROWS_AS(ompq_policy(o).allocate(f.ctx, budget::weight_bits(least * 4)), shape_error);
+  o = {};
+  o.beta = -1;
+  CHECK_THROWS_AS(ompq_policy{o}, value_error);
+  o = {};
+  o.samples = 1;
+  CHECK_THROWS_AS(ompq_policy{o}, shape_error);
+  nn::sequential plain;
+  plain.add(std::make_shared<nn::relu>());
+  CHECK_THROWS_AS(record_layer_outputs(plain, ftensor({2, 3}, 1.0f)), shape_error);
+}
+
+TEST_CASE("bmpq: bit planes rebuild the quantized weight and carry the bit gradients") {
+  std::mt19937 rng(31);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (int bits : {2, 3, 5, 8}) {
+    ftensor wv({6, 5});
+    for (auto& x : wv) x = g(rng);
+    wv[3] = 0.0f;
+    const var w = var::parameter(wv);
+    const auto bp = make_bit_plane_weight(w, bits);
+    REQUIRE(bp.planes.size() == std::size_t(bits - 1));
+    const auto ref = symmetric_fake_quant(wv.span(), bits);
+    for (std::size_t i = 0; i < wv.size(); ++i)
+      CHECK(bp.quantized.value()[i] == doctest::Approx(ref[i]).epsilon(1e-6));
+    ftensor r({6, 5});
+    for (auto& x : r) x = g(rng);
+    autodiff::backward(autodiff::sum(autodiff::mul(bp.quantized, autodiff::constant(r))));
+    for (std::size_t i = 0; i < wv.size(); ++i) {
+      if (wv[i] != 0.0f) CHECK(w.grad()[i] == doctest::Approx(r[i]).epsilon(1e-5));  // STE
+      const float sign = wv[i] > 0 ? 1.0f : (wv[i] < 0 ? -1.0f : 0.0f);
+      for (int p = 0; p < bits - 1; ++p)
+        CHECK(bp.planes[std::size_t(p)].grad()[i] ==
+              doctest::Approx(bp.scale * float(1 << p) * sign * r[i]).epsilon(1e-5));
+    }
+  }
+  CHECK_THROWS_AS(make_bit_plane_weight(var::parameter(ftensor({2}, 1.0f)), 1), bits_error);
+}
+
+TEST_CASE("bmpq_policy: re-allocates during the early phase within the budget, then freezes") {
+  fixture f;
+  bmpq_options o;
+  o.space.candidates = {2, 3, 4, 6, 8};
+  o.space.a_bits = 4;
+  o.early_epochs = 4;
+  o.interval_epochs = 1;
+  bmpq_policy p(o);
+  const auto b = budget::like_uniform(budget_kind::weight_bits, f.ctx.costs, 4, 4);
+  const auto first = p.allocate(f.ctx, b);
+  CHECK(b.admits(f.ctx.costs, first));
+  CHECK(f.model->size() > 0);
+  nn::sgd opt(f.model->parameters(), 0.05f, 0.9f);
+  bool changed = false;
+  for (std::size_t epoch = 0; epoch < 6; ++epoch) {
+    f.model->train();
+    for (const auto& bt : f.data.batches) {
+      opt.zero_grad();
+      const var loss =
+          autodiff::cross_entropy((*f.model)(autodiff::constant(bt.images)), bt.labels);
+      autodiff::backward(loss);
+      opt.step();
+    }
+    const auto next = p.on_epoch_end(f.ctx, b, epoch);
+    if (epoch >= o.early_epochs) CHECK(!next.has_value());
+    if (next) {
+      changed = true;
+      CHECK(*next == p.config());
+    }
+  }
+  CHECK(p.is_frozen());
+  REQUIRE(p.history().size() == 1 + o.early_epochs);  // initial + one per early epoch
+  for (const auto& r : p.history()) {
+    CHECK(r.cost <= b.value * (1 + 1e-9));
+    CHECK(b.admits(f.ctx.costs, r.config));
+    for (double s : r.sensitivity) CHECK(s > 0);
+  }
+  CHECK(changed);
+}
+
+TEST_CASE("bmpq_policy: the ILP solution is optimal for the accumulated sensitivities") {
+  fixture f;
+  bmpq_policy p;
+  const auto b = budget::like_uniform(budget_kind::bitops, f.ctx.costs, 3, 4);
+  const auto cfg = p.allocate(f.ctx, b);
+  const auto& r = p.history().back();
+  const std::vector<int> cand = {2, 3, 4, 5, 6, 8};
+  auto noise = [&](const std::vector<int>& w) {
+    double s = 0;
+    for (std::size_t i = 0; i < w.size(); ++i)
+      s += double(f.ctx.costs[i].params) * r.sensitivity[i] * std::ldexp(1.0, -2 * w[i]);
+    return s;
+  };
+  double best = 1e300;
+  std::vector<int> w(4);
+  for (int a = 0; a < 6; ++a)
+    for (int bb = 0; bb < 6; ++bb)
+      for (int c = 0; c < 6; ++c)
+        for (int d = 0; d < 6; ++d) {
+          w = {cand[a], cand[bb], cand[c], cand[d]};
+          bit_config bc{w, std::vector<int>(4, 4)};
+          if (b.admits(f.ctx.costs, bc)) best = std::min(best, noise(w));
+        }
+  CHECK(noise(cfg.w_bits) == doctest::Approx(best).epsilon(1e-9));
+  CHECK_THROWS_AS(p.allocate(f.ctx, budget::bitops(1.0)), budget_error);
+  bmpq_options o;
+  o.space.candidates = {1, 2};
+  CHECK_THROWS_AS(bmpq_policy{o}, bits_error);
+  o = {};
+  o.interval_epochs = 0;
+  CHECK_THROWS_AS(bmpq_policy{o}, value_error);
+}
+
+TEST_CASE("hutchinson_traces: quadratic models with a known Hessian") {
+  std::mt19937 rng(41);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  // loss = mse(X1 W1^T, T1) + mse(X2 W2^T, T2): block Hessians (2 / (N O)) I_O (x) X^T X,
+  // traces 2 ||X||_F^2 / N.
+  const std::size_t N = 48;
+  ftensor x1({N, 10}), x2({N, 6}), t1({N, 4}), t2({N, 3});
+  for (auto* t : {&x1, &x2, &t1, &t2})
+    for (auto& v : *t) v = g(rng);
+  for (std::size_t i = 0; i < N; ++i) x2[i * 6] *= 5.0f;  // a dominant column
+  nn::quantized_linear l1(10, 4, false, rng), l2(6, 3, true, rng);
+  auto loss = [&] {
+    return autodiff::add(autodiff::mse_loss(l1(autodiff::constant(x1)), autodiff::constant(t1)),
+                         autodiff::mse_loss(l2(autodiff::constant(x2)), autodiff::constant(t2)));
+  };
+  auto exact = [&](const ftensor& x) {
+    double s = 0;
+    for (float v : x) s += double(v) * v;
+    return 2.0 * s / double(N);
+  };
+  const std::vector<var> params = {l1.weight, l2.weight};
+  const ftensor w1 = l1.weight.value();
+  std::mt19937_64 prng(3);
+  hutchinson_options o;
+  o.probes = 200;
+  const auto tr = hutchinson_traces(loss, params, prng, o);
+  CHECK(std::abs(tr[0] - exact(x1)) <= 0.05 * exact(x1));
+  CHECK(std::abs(tr[1] - exact(x2)) <= 0.05 * exact(x2));
+  CHECK(l1.weight.value() == w1);  // restored
+  CHECK_THROWS_AS(hutchinson_traces(loss, std::span<const var>{}, prng), shape_error);
+  o.probes = 0;
+  CHECK_THROWS_AS(hutchinson_traces(loss, params, prng, o), value_error);
+  const std::vector<var> bad = {autodiff::constant(ftensor({2}, 1.0f))};
+  CHECK_THROWS_AS(hutchinson_traces(loss, bad, prng), value_error);
+}
+
+TEST_CASE("hawq_policy: 4/8-bit ILP on Hessian-weighted perturbations") {
+  fixture f;
+  train(f, 3);
+  hawq_options o;
+  o.hutchinson.probes = 8;
+  hawq_policy p(o);
+  for (double frac : {0.0, 0.25, 0.5, 0.75, 1.0}) {
+    const double c4 = budget::like_uniform(budget_kind::bitops, f.ctx.costs, 4, 4).value;
+    const double c8 = budget::like_uniform(budget_kind::bitops, f.ctx.costs, 8, 8).value;
+    const auto b = budget::bitops(c4 + frac * (c8 - c4));
+    const auto cfg = p.allocate(f.ctx, b);
+    const auto& r = p.report();
+    CHECK(b.admits(f.ctx.costs, cfg));
+    for (std::size_t i = 0; i < 4; ++i) {
+      CHECK((cfg.w_bits[i] == 4 || cfg.w_bits[i] == 8));
+      CHECK(cfg.a_bits[i] == cfg.w_bits[i]);
+      CHECK(r.sensitivity[i][1] <= r.sensitivity[i][0]);  // 8 bits perturb less than 4
+    }
+    // Brute force over the 2^4 choices.
+    double best = 1e300, got = 0;
+    for (int mask = 0; mask < 16; ++mask) {
+      bit_config bc = bit_config::uniform(4, 4, 4);
+      double s = 0;
+      for (std::size_t i = 0; i < 4; ++i) {
+        const bool high = (mask >> i) & 1;
+        bc.w_bits[i] = bc.a_bits[i] = high ? 8 : 4;
+        s += r.sensitivity[i][high];
+      }
+      if (b.admits(f.ctx.costs, bc)) best = std::min(best, s);
+    }
+    for (std::size_t i = 0; i < 4; ++i) got += r.sensitivity[i][cfg.w_bits[i] == 8];
+    CHECK(got == doctest::Approx(best).epsilon(1e-12));
+    bool strict = true;
+    for (std::size_t i = 0; i < 4; ++i)
+      strict = strict && r.sensitivity[i][1] < r.sensitivity[i][0];
+    if (frac == 1.0 && strict) CHECK(cfg == bit_config::uniform(4, 8, 8));
+    if (frac == 0.0) CHECK(cfg == bit_config::uniform(4, 4, 4));
+  }
+  for (double t : p.report().trace) CHECK(std::isfinite(t));
+  CHECK_THROWS_AS(p.allocate(f.ctx, budget::weight_bits(10)), budget_error);
+  o.batches = 0;
+  CHECK_THROWS_AS(hawq_policy{o}, value_error);
+}
