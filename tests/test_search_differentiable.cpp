@@ -130,8 +130,8 @@ std::vector<var> concat(std::vector<var> a, const std::vector<var>& b) {
 // alternating (a weight step on CE of a train batch, then an architecture step on search_loss
 // of a validation batch). Returns nothing; the caller measures.
 template <class P>
-void search_steps(nn::module& net, P& pol, const budget& b, search_context& ctx,
-                  std::size_t epochs, bool alternating) {
+void search_steps(nn::module& net, P& pol, const budget& b, search_context& ctx, std::size_t epochs,
+                  bool alternating) {
   nn::sgd wopt(concat(net.parameters(), pol.parameters()), 0.05f, 0.9f);
   nn::adam aopt(pol.architecture_parameters(), 0.05f);
   net.train();
@@ -205,11 +205,12 @@ TEST_CASE("ebs expected cost equals expected_bits_cost (value and gradient)") {
     auto arch = pol.architecture_parameters();
     randomize(arch, 3, -2.0f, 2.0f);
     std::vector<var> sw, sa;
-    for (std::size_t i = 0; i < arch.size(); i += 2) sw.push_back(arch[i]), sa.push_back(arch[i + 1]);
+    for (std::size_t i = 0; i < arch.size(); i += 2)
+      sw.push_back(arch[i]), sa.push_back(arch[i + 1]);
     const auto pw = softmax_rows(sw), pa = softmax_rows(sa);
-    const auto ref = expected_bits_cost(tiny_desc(), pw, o.w_bits, pa, o.a_bits,
-                                        kind == budget_kind::bitops ? cost_metric::bitops
-                                                                    : cost_metric::size_bits);
+    const auto ref = expected_bits_cost(
+        tiny_desc(), pw, o.w_bits, pa, o.a_bits,
+        kind == budget_kind::bitops ? cost_metric::bitops : cost_metric::size_bits);
     zero_grads(arch);
     const var c = pol.expected_cost();
     check_close(c.item(), ref.value, 1e-5, "value");
@@ -272,7 +273,8 @@ TEST_CASE("dnas expected cost equals mixture_cost / expected_bits_cost") {
     net.eval();
     net(ad::constant(make_batch(2, 1).images));
     std::vector<var> lw, la;
-    for (std::size_t i = 0; i < arch.size(); i += 2) lw.push_back(arch[i]), la.push_back(arch[i + 1]);
+    for (std::size_t i = 0; i < arch.size(); i += 2)
+      lw.push_back(arch[i]), la.push_back(arch[i + 1]);
     const auto ref = expected_bits_cost(tiny_desc(), softmax_rows(lw), o.w_bits, softmax_rows(la),
                                         o.a_bits, cost_metric::bitops);
     check_close(pol.expected_cost().item(), ref.value, 1e-5, "value");
@@ -292,9 +294,9 @@ TEST_CASE("fracbits expected cost equals fracbits_cost (value and gradient)") {
     std::vector<double> lw, la;
     for (std::size_t i = 0; i < arch.size(); i += 2)
       lw.push_back(arch[i].value()[0]), la.push_back(arch[i + 1].value()[0]);
-    const auto ref = fracbits_cost(
-        tiny_desc(), lw, la,
-        kind == budget_kind::bitops ? cost_metric::bitops : cost_metric::size_bits);
+    const auto ref =
+        fracbits_cost(tiny_desc(), lw, la,
+                      kind == budget_kind::bitops ? cost_metric::bitops : cost_metric::size_bits);
     zero_grads(arch);
     const var c = pol.expected_cost();
     check_close(c.item(), ref.value, 1e-5, "value");
@@ -464,7 +466,8 @@ TEST_CASE("fracbits bisection lands within 1% of an attainable target, and never
   // ResNet-18's 21 layer costs; the policy's state lives on 21 one-in one-out layers.
   const auto desc = resnet18();
   nn::sequential net;
-  for (std::size_t i = 0; i < desc.size(); ++i) net.add(std::make_shared<nn::quantized_linear>(1, 1));
+  for (std::size_t i = 0; i < desc.size(); ++i)
+    net.add(std::make_shared<nn::quantized_linear>(1, 1));
   std::mt19937 rng(77);
   for (int trial = 0; trial < 20; ++trial) {
     fracbits_policy pol;
@@ -489,7 +492,8 @@ TEST_CASE("fracbits bisection lands within 1% of an attainable target, and never
     CHECK(bud.admits(desc.layers, *pol.assigned_config()));
     CHECK(bud.cost_of(desc.layers, *pol.assigned_config()) == doctest::Approx(r.cost));
     // Any target: the result is the largest chain cost within budget.
-    const double any = chain.front() + (chain.back() - chain.front()) * std::uniform_real_distribution<double>(0, 1)(rng);
+    const double any = chain.front() + (chain.back() - chain.front()) *
+                                           std::uniform_real_distribution<double>(0, 1)(rng);
     pol.hard_assign(budget::bitops(any));
     double best = 0;
     for (double c : chain)

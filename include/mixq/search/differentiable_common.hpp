@@ -15,8 +15,11 @@
 #include "mixq/core/error.hpp"
 #include "mixq/nn/quantized.hpp"
 #include "mixq/quant/bit_config.hpp"
+#include "mixq/quant/dorefa.hpp"
+#include "mixq/quant/pact.hpp"
 #include "mixq/search/cost.hpp"
 #include "mixq/search/policy.hpp"
+#include "mixq/search/relaxed_cost.hpp"
 
 namespace mixq::search::detail {
 
@@ -101,13 +104,6 @@ inline var scalar(double v) {
   return autodiff::constant(ftensor({1}, float(v)));
 }
 
-/// sum_k p[k] * values[k] as a one-element var (an expectation over candidates).
-inline var dot_const(const var& p, std::span<const double> values) {
-  ftensor c({values.size()});
-  for (std::size_t k = 0; k < values.size(); ++k) c[k] = float(values[k]);
-  return autodiff::sum(autodiff::mul(p, autodiff::constant(std::move(c))));
-}
-
 /// Element k of a vector var as a one-element var (gradient flows to that element only).
 inline var element(const var& v, std::size_t k) {
   ftensor onehot(v.shape(), 0.0f);
@@ -173,8 +169,8 @@ inline std::vector<std::size_t> repair_to_budget(
       }
     }
     if (best_saving <= 0)
-      throw budget_error(cat(who, ": no cheaper candidate left at cost ", total, " against ",
-                             b.describe()));
+      throw budget_error(
+          cat(who, ": no cheaper candidate left at cost ", total, " against ", b.describe()));
     total -= best_saving;
     chosen[best_l] = best_k;
   }
@@ -193,41 +189,62 @@ inline double choices_cost(const std::vector<std::vector<layer_choice>>& choices
 
 }  // namespace mixq::search::detail
 
-// ---- quantizer building blocks ------------------------------------------------------------
-// TEMPORARY until the quant branch (DoReFa, PACT, FracBits quantizer) is merged: the policies
-// call only these few functions, so switching to quant/ touches this section alone.
+// ---- quantizers (quant/) -------------------------------------------------------------------
+namespace mixq::search {
+
+/// PACT settings of the differentiable policies: the same knobs (and defaults) as
+/// nn::fixed_policy, so the searched and the finetuned models quantize alike.
+struct pact_settings {
+  quant::pact_options pact{};  // alpha gradient variant (residual by default)
+  /// Layers whose input can be negative: PACT clips them to [-alpha, alpha].
+  std::vector<std::size_t> two_sided_layers{};
+  float conv_alpha = 8.0f;  // initial alpha of conv layers (FracBits' value)
+  float linear_alpha = 10.0f;
+};
+
+}  // namespace mixq::search
+
 namespace mixq::search::detail {
 
-/// DoReFa's normalised weight u = (tanh(w) / max|tanh(w)| + 1) / 2 in [0, 1] (exact gradient).
-inline var dorefa_unit(const var& w) {
-  const var t = autodiff::tanh(w);
-  const var m = autodiff::maximum(autodiff::max(autodiff::abs(t)), scalar(1e-12));
-  return autodiff::mul(autodiff::add(autodiff::div(t, m), 1.0f), 0.5f);
+inline void check_pact_settings(const pact_settings& p, const char* who) {
+  if (!(p.conv_alpha > 0) || !(p.linear_alpha > 0) || !std::isfinite(p.conv_alpha) ||
+      !std::isfinite(p.linear_alpha))
+    throw value_error(cat(who, ": initial PACT alphas ", p.conv_alpha, " (conv) and ",
+                          p.linear_alpha, " (linear); expected finite values > 0"));
 }
-/// 2 * round((2^b - 1) u) / (2^b - 1) - 1, straight-through rounding.
-inline var dorefa_levels(const var& u, int bits) {
-  const float n = float((1 << bits) - 1);
-  return autodiff::add(autodiff::mul(autodiff::round_ste(autodiff::mul(u, n)), 2.0f / n), -1.0f);
+inline void check_two_sided(const pact_settings& p, std::size_t layers, const char* who) {
+  for (std::size_t l : p.two_sided_layers)
+    if (l >= layers)
+      throw shape_error(cat(who, ": two-sided layer ", l, " does not exist; the model has ", layers,
+                            " quantized layers"));
 }
-/// The same with per-channel level counts (a constant broadcast against u, e.g. [C, 1, 1, 1]).
-inline var dorefa_levels(const var& u, const ftensor& levels) {
-  const var n = autodiff::constant(levels);
-  return autodiff::add(
-      autodiff::mul(autodiff::div(autodiff::round_ste(autodiff::mul(u, n)), n), 2.0f), -1.0f);
+inline var initial_alpha(const pact_settings& p, const nn::quantized_layer& l) {
+  return var::parameter(
+      ftensor({1}, l.kind() == nn::quantized_kind::linear ? p.linear_alpha : p.conv_alpha));
+}
+/// quant::pact on layer `layer`'s input. alpha is kept >= 1e-3 (quant::pact needs alpha > 0
+/// and a trained alpha could cross 0; the gradient passes while alpha is above the floor).
+inline quant::pact_quantizer pact_for(const pact_settings& p, std::size_t layer, const var& alpha) {
+  quant::pact_options o = p.pact;
+  o.two_sided = o.two_sided || std::find(p.two_sided_layers.begin(), p.two_sided_layers.end(),
+                                         layer) != p.two_sided_layers.end();
+  return {autodiff::maximum(alpha, scalar(1e-3)), o};
+}
+inline var pact_activation(const pact_settings& p, std::size_t layer, const var& x,
+                           const var& alpha, int bits) {
+  const int b[1] = {bits};
+  return pact_for(p, layer, alpha)(x, std::span<const int>(b));
 }
 inline var dorefa_weight(const var& w, int bits) {
-  return dorefa_levels(dorefa_unit(w), bits);
+  return quant::dorefa_weights(w, bits);
 }
-/// PACT built from autodiff primitives: alpha * round_b(clip(x, 0, alpha) / alpha) with a
-/// straight-through round, so alpha gets the residual (LSQ-like) gradient inside the range and
-/// 1 above it (algorithms.md §1.3, the FracBits code's variant).
-inline var pact_activation(const var& x, const var& alpha, int bits) {
-  const float n = float((1 << bits) - 1);
-  const var a = autodiff::maximum(autodiff::abs(alpha), scalar(1e-3));
-  const var y = autodiff::minimum(autodiff::relu(x), a);
-  return autodiff::mul(autodiff::mul(autodiff::round_ste(autodiff::mul(autodiff::div(y, a), n)),
-                                     1.0f / n),
-                       a);
+
+/// The layer costs as a model_desc for the relaxed-cost vars of search/relaxed_cost.hpp.
+inline model_desc desc_of(const std::vector<layer_cost>& costs) {
+  return {"searched", costs, {}};
+}
+inline cost_metric metric_of(budget_kind k) {
+  return k == budget_kind::bitops ? cost_metric::bitops : cost_metric::size_bits;
 }
 
 }  // namespace mixq::search::detail

@@ -6,7 +6,8 @@
 //  - candidates: joint (w, a) pairs (one branch per pair, each its own weight copy and PACT
 //    alpha) or separate weight / activation sets (one branch per weight bit-width with its own
 //    weight copy; the activation is the mixture sum_j m_a[j] PACT_j(x) shared by the branches);
-//  - quantizers DoReFa (weights) and PACT (activations, alpha per branch, alpha_init);
+//  - quantizers quant::dorefa_weights and quant::pact (one alpha per activation branch; the
+//    PACT knobs are nn::fixed_policy's: pact_settings);
 //  - temperature tau_e = tau0 * exp(-tau_decay * e) per search epoch (FBNet's 5.0 / 0.045);
 //  - loss CE * beta * (log(C / cost_unit))^gamma with C the expected cost under the mixture
 //    weights of the last forward (sum_l sum_k m[l][k] cost[l][k]); beta, gamma default to
@@ -46,12 +47,12 @@ struct dnas_options {
   bool hard_gumbel = false;  // straight-through one-hot samples in the forward
   float beta = 0.2f;
   float gamma = 0.6f;
-  double cost_unit = 0;      // 0: (all-minimum-bits cost) / e
-  float alpha_init = 6.0f;   // PACT clip level
+  double cost_unit = 0;  // 0: (all-minimum-bits cost) / e
+  pact_settings activations{};
   dnas_choice choice = dnas_choice::sample;
-  std::size_t samples = 8;        // configurations sampled by derive()
-  std::size_t eval_batches = 2;   // validation batches to rank the sampled configurations
-  std::uint64_t seed = 0;         // Gumbel noise and sampling (reseeded from the context)
+  std::size_t samples = 8;       // configurations sampled by derive()
+  std::size_t eval_batches = 2;  // validation batches to rank the sampled configurations
+  std::uint64_t seed = 0;        // Gumbel noise and sampling (reseeded from the context)
   budget_kind cost_kind = budget_kind::bitops;  // unit of expected_cost() before a budget is seen
 };
 
@@ -71,12 +72,13 @@ class dnas_policy : public nn::precision_policy {
                                        "); expected bits 1..8"));
     }
     if (!(o_.tau0 > 0) || !(o_.tau_decay >= 0))
-      throw value_error(detail::cat("dnas_policy: tau0 ", o_.tau0, " and tau_decay ",
-                                    o_.tau_decay, "; expected tau0 > 0 and tau_decay >= 0"));
-    if (!(o_.beta > 0) || !(o_.gamma > 0) || !(o_.cost_unit >= 0) || !(o_.alpha_init > 0))
+      throw value_error(detail::cat("dnas_policy: tau0 ", o_.tau0, " and tau_decay ", o_.tau_decay,
+                                    "; expected tau0 > 0 and tau_decay >= 0"));
+    if (!(o_.beta > 0) || !(o_.gamma > 0) || !(o_.cost_unit >= 0))
       throw value_error(detail::cat("dnas_policy: beta ", o_.beta, ", gamma ", o_.gamma,
-                                    ", cost_unit ", o_.cost_unit, ", alpha_init ", o_.alpha_init,
-                                    "; expected beta, gamma, alpha_init > 0 and cost_unit >= 0"));
+                                    ", cost_unit ", o_.cost_unit,
+                                    "; expected beta, gamma > 0 and cost_unit >= 0"));
+    detail::check_pact_settings(o_.activations, "dnas_policy");
     if (o_.choice == dnas_choice::sample && o_.samples == 0)
       throw value_error("dnas_policy: samples must be >= 1 when choosing by sampling");
     tau_ = o_.tau0;
@@ -97,6 +99,7 @@ class dnas_policy : public nn::precision_policy {
   // ---- precision_policy -----------------------------------------------------------------
 
   void on_attach(std::span<nn::quantized_layer* const> layers) override {
+    detail::check_two_sided(o_.activations, layers.size(), "dnas_policy");
     costs_.attach(layers);
     state_.clear();
     forced_.clear();
@@ -108,7 +111,7 @@ class dnas_policy : public nn::precision_policy {
       if (!joint()) s.logits_a = var::parameter(ftensor({na}, 0.0f));
       for (std::size_t k = 0; k < nw; ++k) s.weights.push_back(var::parameter(l->weight.value()));
       for (std::size_t k = 0; k < na; ++k)
-        s.alphas.push_back(var::parameter(ftensor({1}, o_.alpha_init)));
+        s.alphas.push_back(detail::initial_alpha(o_.activations, *l));
       state_.push_back(std::move(s));
     }
   }
@@ -120,7 +123,7 @@ class dnas_policy : public nn::precision_policy {
   var quantize_activations(std::size_t layer, const var& x) override {
     auto& s = at(layer);
     const std::size_t j = detail::argmax((joint() ? s.logits_w : s.logits_a).value().span());
-    return detail::pact_activation(x, s.alphas[j], a_bit(j));
+    return act(layer, x, s.alphas[j], a_bit(j));
   }
 
   /// The super-net edge: sum over branches of the mixture weight times the branch output.
@@ -129,7 +132,7 @@ class dnas_policy : public nn::precision_policy {
     if (!forced_.empty()) {  // one fixed configuration (derive's ranking, evaluation)
       const auto [kw, ka] = forced_[layer.index()];
       s.mix_w = s.mix_a = var();
-      return layer.compute(detail::pact_activation(x, s.alphas[ka], a_bit(ka)),
+      return layer.compute(act(layer.index(), x, s.alphas[ka], a_bit(ka)),
                            detail::dorefa_weight(s.weights[kw], w_bit(kw)));
     }
     const bool sample = layer.is_training();
@@ -137,7 +140,7 @@ class dnas_policy : public nn::precision_policy {
     if (joint()) {
       var y;
       for (std::size_t k = 0; k < o_.pairs.size(); ++k) {
-        const var yk = layer.compute(detail::pact_activation(x, s.alphas[k], o_.pairs[k].a),
+        const var yk = layer.compute(act(layer.index(), x, s.alphas[k], o_.pairs[k].a),
                                      detail::dorefa_weight(s.weights[k], o_.pairs[k].w));
         const var t = autodiff::mul(yk, detail::element(s.mix_w, k));
         y = k ? autodiff::add(y, t) : t;
@@ -147,15 +150,15 @@ class dnas_policy : public nn::precision_policy {
     s.mix_a = mixture(s.logits_a, sample);
     var xm;
     for (std::size_t j = 0; j < o_.a_bits.size(); ++j) {
-      const var t = autodiff::mul(detail::pact_activation(x, s.alphas[j], o_.a_bits[j]),
+      const var t = autodiff::mul(act(layer.index(), x, s.alphas[j], o_.a_bits[j]),
                                   detail::element(s.mix_a, j));
       xm = j ? autodiff::add(xm, t) : t;
     }
     var y;
     for (std::size_t i = 0; i < o_.w_bits.size(); ++i) {
-      const var t = autodiff::mul(
-          layer.compute(xm, detail::dorefa_weight(s.weights[i], o_.w_bits[i])),
-          detail::element(s.mix_w, i));
+      const var t =
+          autodiff::mul(layer.compute(xm, detail::dorefa_weight(s.weights[i], o_.w_bits[i])),
+                        detail::element(s.mix_w, i));
       y = i ? autodiff::add(y, t) : t;
     }
     return y;
@@ -188,28 +191,14 @@ class dnas_policy : public nn::precision_policy {
   var expected_cost() {
     const auto& costs = costs_.get("dnas_policy::expected_cost");
     check_attached();
-    var total;
-    for (std::size_t l = 0; l < state_.size(); ++l) {
-      auto& s = state_[l];
-      const var mw = s.mix_w.defined() ? s.mix_w : autodiff::softmax(s.logits_w);
-      var c;
-      if (joint()) {
-        std::vector<double> ck;
-        for (const auto& p : o_.pairs) ck.push_back(detail::unit_cost(costs[l], kind_, p.w, p.a));
-        c = detail::dot_const(mw, ck);
-      } else {
-        const var ew = detail::dot_const(mw, as_double(o_.w_bits));
-        if (kind_ == budget_kind::bitops) {
-          const var ma = s.mix_a.defined() ? s.mix_a : autodiff::softmax(s.logits_a);
-          const var ea = detail::dot_const(ma, as_double(o_.a_bits));
-          c = autodiff::mul(autodiff::mul(ew, ea), float(costs[l].macs));
-        } else {
-          c = autodiff::mul(ew, float(costs[l].params));
-        }
-      }
-      total = l ? autodiff::add(total, c) : c;
+    std::vector<var> mw, ma;
+    for (auto& s : state_) {
+      mw.push_back(s.mix_w.defined() ? s.mix_w : autodiff::softmax(s.logits_w));
+      if (!joint()) ma.push_back(s.mix_a.defined() ? s.mix_a : autodiff::softmax(s.logits_a));
     }
-    return total;
+    const model_desc desc = detail::desc_of(costs);
+    if (joint()) return mixture_cost(desc, mw, o_.pairs, detail::metric_of(kind_));
+    return expected_bits_cost(desc, mw, o_.w_bits, ma, o_.a_bits, detail::metric_of(kind_));
   }
 
   /// CE * beta * (log(C / cost_unit))^gamma. budget_error when b is below the all-minimum cost.
@@ -290,8 +279,8 @@ class dnas_policy : public nn::precision_policy {
     var mix_w, mix_a;  // mixture weights of the last forward
   };
 
-  static std::vector<double> as_double(const std::vector<int>& v) {
-    return {v.begin(), v.end()};
+  var act(std::size_t layer, const var& x, const var& alpha, int bits) const {
+    return detail::pact_activation(o_.activations, layer, x, alpha, bits);
   }
   layer_state& at(std::size_t l) {
     if (l >= state_.size())

@@ -6,8 +6,9 @@
 // shared-weight mode, §8):
 //  - strengths s_w[l] over weight bits, s_a[l] over activation bits, r = softmax(s), no noise
 //    (strength_init, default 0.01 as EdMIPS);
-//  - W_hat = sum_i r_w[i] DoReFa_{b_i}(W), X_hat = sum_j r_a[j] PACT_{b_j}(X) (one PACT alpha
-//    per layer and activation candidate, alpha_init), Y = conv(X_hat, W_hat): one convolution,
+//  - W_hat = sum_i r_w[i] DoReFa_{b_i}(W), X_hat = sum_j r_a[j] PACT_{b_j}(X) (quant::
+//    dorefa_weights, quant::pact with one alpha per layer and activation candidate; the PACT
+//    knobs are nn::fixed_policy's), Y = conv(X_hat, W_hat): one convolution,
 //    equal to the expectation over all (w, a) pairs because the convolution is bilinear;
 //  - expected cost MACs * E[w] * E[a] (BitOps) or params * E[w] (weight bits);
 //  - penalty: absolute (default) kappa * |C - T| / T, or linear (EdMIPS) lambda * C / T, with
@@ -31,10 +32,10 @@ struct ebs_options {
   std::vector<int> w_bits{1, 2, 3, 4, 8};
   std::vector<int> a_bits{1, 2, 3, 4, 8};
   float strength_init = 0.01f;
-  float alpha_init = 6.0f;
+  pact_settings activations{};
   ebs_penalty penalty = ebs_penalty::absolute;
-  float kappa = 1.0f;   // absolute: kappa * |C - T| / T
-  float lambda = 0.1f;  // linear: lambda * C / T
+  float kappa = 1.0f;                           // absolute: kappa * |C - T| / T
+  float lambda = 0.1f;                          // linear: lambda * C / T
   budget_kind cost_kind = budget_kind::bitops;  // unit of expected_cost() before a budget is seen
 };
 
@@ -46,11 +47,11 @@ class ebs_policy : public nn::precision_policy {
   explicit ebs_policy(ebs_options o = {}) : o_(std::move(o)) {
     o_.w_bits = detail::checked_candidates(o_.w_bits, "ebs_policy", "weight");
     o_.a_bits = detail::checked_candidates(o_.a_bits, "ebs_policy", "activation");
-    if (!(o_.alpha_init > 0) || !(o_.kappa >= 0) || !(o_.lambda >= 0) ||
-        !std::isfinite(o_.strength_init))
-      throw value_error(detail::cat("ebs_policy: alpha_init ", o_.alpha_init, ", kappa ", o_.kappa,
-                                    ", lambda ", o_.lambda, ", strength_init ", o_.strength_init,
-                                    "; expected alpha_init > 0, kappa, lambda >= 0, finite init"));
+    if (!(o_.kappa >= 0) || !(o_.lambda >= 0) || !std::isfinite(o_.strength_init))
+      throw value_error(detail::cat("ebs_policy: kappa ", o_.kappa, ", lambda ", o_.lambda,
+                                    ", strength_init ", o_.strength_init,
+                                    "; expected kappa, lambda >= 0 and a finite init"));
+    detail::check_pact_settings(o_.activations, "ebs_policy");
     kind_ = o_.cost_kind;
   }
 
@@ -61,6 +62,7 @@ class ebs_policy : public nn::precision_policy {
   }
 
   void on_attach(std::span<nn::quantized_layer* const> layers) override {
+    detail::check_two_sided(o_.activations, layers.size(), "ebs_policy");
     costs_.attach(layers);
     state_.clear();
     for (std::size_t l = 0; l < layers.size(); ++l) {
@@ -68,7 +70,7 @@ class ebs_policy : public nn::precision_policy {
       s.s_w = var::parameter(ftensor({o_.w_bits.size()}, o_.strength_init));
       s.s_a = var::parameter(ftensor({o_.a_bits.size()}, o_.strength_init));
       for (std::size_t j = 0; j < o_.a_bits.size(); ++j)
-        s.alphas.push_back(var::parameter(ftensor({1}, o_.alpha_init)));
+        s.alphas.push_back(detail::initial_alpha(o_.activations, *layers[l]));
       state_.push_back(std::move(s));
     }
   }
@@ -77,10 +79,9 @@ class ebs_policy : public nn::precision_policy {
   var quantize_weights(std::size_t layer, const var& w) override {
     auto& s = at(layer);
     const var r = autodiff::softmax(s.s_w);
-    const var u = detail::dorefa_unit(w);  // shared by every candidate
     var out;
     for (std::size_t i = 0; i < o_.w_bits.size(); ++i) {
-      const var t = autodiff::mul(detail::dorefa_levels(u, o_.w_bits[i]), detail::element(r, i));
+      const var t = autodiff::mul(detail::dorefa_weight(w, o_.w_bits[i]), detail::element(r, i));
       out = i ? autodiff::add(out, t) : t;
     }
     return out;
@@ -91,8 +92,9 @@ class ebs_policy : public nn::precision_policy {
     const var r = autodiff::softmax(s.s_a);
     var out;
     for (std::size_t j = 0; j < o_.a_bits.size(); ++j) {
-      const var t = autodiff::mul(detail::pact_activation(x, s.alphas[j], o_.a_bits[j]),
-                                  detail::element(r, j));
+      const var t = autodiff::mul(
+          detail::pact_activation(o_.activations, layer, x, s.alphas[j], o_.a_bits[j]),
+          detail::element(r, j));
       out = j ? autodiff::add(out, t) : t;
     }
     return out;
@@ -117,28 +119,19 @@ class ebs_policy : public nn::precision_policy {
   var expected_cost() {
     const auto& costs = costs_.get("ebs_policy::expected_cost");
     check_attached();
-    const std::vector<double> wb(o_.w_bits.begin(), o_.w_bits.end()),
-        ab(o_.a_bits.begin(), o_.a_bits.end());
-    var total;
-    for (std::size_t l = 0; l < state_.size(); ++l) {
-      const var ew = detail::dot_const(autodiff::softmax(state_[l].s_w), wb);
-      var c;
-      if (kind_ == budget_kind::bitops) {
-        const var ea = detail::dot_const(autodiff::softmax(state_[l].s_a), ab);
-        c = autodiff::mul(autodiff::mul(ew, ea), float(costs[l].macs));
-      } else {
-        c = autodiff::mul(ew, float(costs[l].params));
-      }
-      total = l ? autodiff::add(total, c) : c;
+    std::vector<var> pw, pa;
+    for (auto& s : state_) {
+      pw.push_back(autodiff::softmax(s.s_w));
+      pa.push_back(autodiff::softmax(s.s_a));
     }
-    return total;
+    return expected_bits_cost(detail::desc_of(costs), pw, o_.w_bits, pa, o_.a_bits,
+                              detail::metric_of(kind_));
   }
 
   /// CE + kappa |C - T| / T (absolute) or CE + lambda C / T (linear).
   var search_loss(const var& task_loss, const budget& b) {
     kind_ = b.kind;
-    b.check_feasible(costs_.get("ebs_policy::search_loss"), o_.w_bits.front(),
-                     o_.a_bits.front());
+    b.check_feasible(costs_.get("ebs_policy::search_loss"), o_.w_bits.front(), o_.a_bits.front());
     const var rel = autodiff::mul(expected_cost(), float(1.0 / b.value));
     const var pen = o_.penalty == ebs_penalty::absolute
                         ? autodiff::mul(autodiff::abs(autodiff::add(rel, -1.0f)), o_.kappa)

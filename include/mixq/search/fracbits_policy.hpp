@@ -4,11 +4,11 @@
 // search the offset bisection + rounding that fixes integer bits for the rest of the run.
 //
 // Follows the official code (algorithms.md §3) except where said:
-//  - Q_lambda(x) = f Q_{floor+1}(x) + (1 - f) Q_floor(x), f = lambda - floor(lambda), lambda
-//    clamped to [min_bits, max_bits] (zero gradient outside); DoReFa weights, PACT
-//    activations with one alpha per layer (alpha_init). Using floor + 1 instead of ceil keeps
-//    the lambda gradient <g, Q_{floor+1} - Q_floor> alive at integer lambda (the official ceil
-//    makes it 0 there); the value is the same.
+//  - quant::fracbits_quantize: Q_lambda(x) = f Q_{floor+1}(x) + (1 - f) Q_floor(x),
+//    f = lambda - floor(lambda), lambda clamped to [min_bits, max_bits] (zero gradient
+//    outside); DoReFa weights, PACT activations with one alpha per layer (the PACT knobs are
+//    nn::fixed_policy's). floor + 1 instead of ceil keeps the lambda gradient alive at integer
+//    lambda (the official ceil makes it 0 there); the value is the same.
 //  - kernel_wise: lambda_w per output channel (one fractional width per filter during the
 //    search; the BitOps/size term uses the channel mean). bit_config is layer-wise, so the
 //    discretisation rounds the per-layer mean of lambda_w (a limitation of this library's
@@ -30,6 +30,7 @@
 #include <optional>
 #include <vector>
 
+#include "mixq/quant/fracbits.hpp"
 #include "mixq/search/differentiable_common.hpp"
 
 namespace mixq::search {
@@ -39,7 +40,7 @@ struct fracbits_options {
   int min_bits = 1, max_bits = 8;
   bool kernel_wise = false;
   float kappa = 1.0f;
-  float alpha_init = 6.0f;
+  pact_settings activations{};
   double hard_assign_fraction = 0.8;  // of the search epochs; >= 1: only in derive()
   double tolerance = 0.01;            // bisection target band [T (1 - tol), T]
   int max_trials = 40;
@@ -66,13 +67,13 @@ class fracbits_policy : public nn::precision_policy {
     if (!(o_.init_bits >= o_.min_bits && o_.init_bits <= o_.max_bits))
       throw bits_error(detail::cat("fracbits_policy: init_bits ", o_.init_bits,
                                    "; expected within [", o_.min_bits, ", ", o_.max_bits, "]"));
-    if (!(o_.kappa >= 0) || !(o_.alpha_init > 0) || !(o_.hard_assign_fraction > 0) ||
+    detail::check_pact_settings(o_.activations, "fracbits_policy");
+    if (!(o_.kappa >= 0) || !(o_.hard_assign_fraction > 0) ||
         !(o_.tolerance > 0 && o_.tolerance < 1) || o_.max_trials < 1)
       throw value_error(detail::cat(
-          "fracbits_policy: kappa ", o_.kappa, ", alpha_init ", o_.alpha_init,
-          ", hard_assign_fraction ", o_.hard_assign_fraction, ", tolerance ", o_.tolerance,
-          ", max_trials ", o_.max_trials,
-          "; expected kappa >= 0, alpha_init > 0, fraction > 0, 0 < tolerance < 1, trials >= 1"));
+          "fracbits_policy: kappa ", o_.kappa, ", hard_assign_fraction ", o_.hard_assign_fraction,
+          ", tolerance ", o_.tolerance, ", max_trials ", o_.max_trials,
+          "; expected kappa >= 0, fraction > 0, 0 < tolerance < 1, trials >= 1"));
     kind_ = o_.cost_kind;
   }
 
@@ -87,6 +88,7 @@ class fracbits_policy : public nn::precision_policy {
   const fracbits_bisection& last_bisection() const noexcept { return bisection_; }
 
   void on_attach(std::span<nn::quantized_layer* const> layers) override {
+    detail::check_two_sided(o_.activations, layers.size(), "fracbits_policy");
     costs_.attach(layers);
     state_.clear();
     hard_.reset();
@@ -95,7 +97,7 @@ class fracbits_policy : public nn::precision_policy {
       const std::size_t nw = o_.kernel_wise ? l->out_channels() : 1;
       s.lambda_w = var::parameter(ftensor({nw}, float(o_.init_bits)));
       s.lambda_a = var::parameter(ftensor({1}, float(o_.init_bits)));
-      s.alpha = var::parameter(ftensor({1}, o_.alpha_init));
+      s.alpha = detail::initial_alpha(o_.activations, *l);
       state_.push_back(std::move(s));
     }
   }
@@ -103,38 +105,14 @@ class fracbits_policy : public nn::precision_policy {
   var quantize_weights(std::size_t layer, const var& w) override {
     auto& s = at(layer);
     if (hard_) return detail::dorefa_weight(w, hard_->w_bits[layer]);
-    const var u = detail::dorefa_unit(w);
-    const var lam = clamped(s.lambda_w);
-    const var f = autodiff::sub(lam, autodiff::floor(lam));
-    if (!o_.kernel_wise) {
-      const int fb = int(std::floor(lam.value()[0]));
-      const var lo = detail::dorefa_levels(u, fb);
-      if (fb >= o_.max_bits) return lo;
-      return autodiff::add(lo, autodiff::mul(autodiff::sub(detail::dorefa_levels(u, fb + 1), lo), f));
-    }
-    // One width per output channel: level counts and f broadcast over [C, 1, ...].
-    shape_t cs(w.shape().size(), 1);
-    cs[0] = w.shape()[0];
-    ftensor n_lo(cs), n_hi(cs);
-    for (std::size_t c = 0; c < cs[0]; ++c) {
-      const int fb = int(std::floor(lam.value()[c]));
-      n_lo[c] = float((1 << fb) - 1);
-      n_hi[c] = float((1 << std::min(fb + 1, o_.max_bits)) - 1);
-    }
-    const var lo = detail::dorefa_levels(u, n_lo);
-    return autodiff::add(lo, autodiff::mul(autodiff::sub(detail::dorefa_levels(u, n_hi), lo),
-                                           autodiff::reshape(f, cs)));
+    return quant::fracbits_quantize(w, s.lambda_w, range(), quant::dorefa_weight_quantizer{});
   }
   var quantize_activations(std::size_t layer, const var& x) override {
     auto& s = at(layer);
-    if (hard_) return detail::pact_activation(x, s.alpha, hard_->a_bits[layer]);
-    const var lam = clamped(s.lambda_a);
-    const int fb = int(std::floor(lam.value()[0]));
-    const var lo = detail::pact_activation(x, s.alpha, fb);
-    if (fb >= o_.max_bits) return lo;
-    const var f = autodiff::sub(lam, autodiff::floor(lam));
-    return autodiff::add(
-        lo, autodiff::mul(autodiff::sub(detail::pact_activation(x, s.alpha, fb + 1), lo), f));
+    if (hard_)
+      return detail::pact_activation(o_.activations, layer, x, s.alpha, hard_->a_bits[layer]);
+    return quant::fracbits_quantize(x, s.lambda_a, range(),
+                                    detail::pact_for(o_.activations, layer, s.alpha));
   }
 
   std::vector<var> parameters() override {
@@ -157,16 +135,9 @@ class fracbits_policy : public nn::precision_policy {
   var expected_cost() {
     const auto& costs = costs_.get("fracbits_policy::expected_cost");
     check_attached();
-    var total;
-    for (std::size_t l = 0; l < state_.size(); ++l) {
-      const var lw = autodiff::mean(clamped(state_[l].lambda_w));
-      const var c = kind_ == budget_kind::bitops
-                        ? autodiff::mul(autodiff::mul(lw, clamped(state_[l].lambda_a)),
-                                        float(costs[l].macs))
-                        : autodiff::mul(lw, float(costs[l].params));
-      total = l ? autodiff::add(total, c) : c;
-    }
-    return total;
+    std::vector<var> lw, la;
+    for (auto& s : state_) lw.push_back(s.lambda_w), la.push_back(s.lambda_a);
+    return fracbits_cost(detail::desc_of(costs), lw, la, detail::metric_of(kind_), {}, range());
   }
 
   /// CE + kappa |C - T| / T; CE alone once the bits are integer.
@@ -256,9 +227,7 @@ class fracbits_policy : public nn::precision_policy {
     if (state_.empty())
       throw value_error("fracbits_policy: not attached to a model; call nn::attach_policy first");
   }
-  var clamped(const var& lam) const {
-    return autodiff::clip(lam, float(o_.min_bits), float(o_.max_bits));
-  }
+  quant::bit_range range() const { return {float(o_.min_bits), float(o_.max_bits)}; }
   double clamp(double v) const { return std::clamp(v, double(o_.min_bits), double(o_.max_bits)); }
   int round_bits(double v) const {
     return int(std::clamp(std::nearbyint(v), double(o_.min_bits), double(o_.max_bits)));
