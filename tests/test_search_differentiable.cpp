@@ -5,6 +5,7 @@
 // DNAS reproducibility, loss reduction over a few search steps, and bad input.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <random>
@@ -86,9 +87,10 @@ batch make_batch(std::size_t n, std::uint32_t seed) {
   return b;
 }
 
-search_context make_context(nn::module& model, std::uint64_t seed = 7) {
+search_context make_context(nn::module& model, std::uint64_t seed = 7,
+                            std::size_t train_batches = 4) {
   search_context c{model, tiny_costs(), {}, {}, {}, {}, seed, nullptr};
-  c.train_batches = [] { return std::size_t(4); };
+  c.train_batches = [train_batches] { return train_batches; };
   c.train_batch = [](std::size_t i) { return make_batch(16, 100 + std::uint32_t(i)); };
   c.val_batches = [] { return std::size_t(2); };
   c.val_batch = [](std::size_t i) { return make_batch(16, 200 + std::uint32_t(i)); };
@@ -400,63 +402,164 @@ TEST_CASE("ebs runs exactly one convolution per layer per step; dnas one per bra
   }
 }
 
+TEST_CASE("ebs forward is the expectation over all (w, a) pairs; dnas mixes its branches") {
+  std::mt19937 rng(3);
+  ftensor xt({2, 2, 6, 6});
+  std::uniform_real_distribution<float> d(-0.5f, 3.0f);
+  for (auto& v : xt) v = d(rng);
+  const var x = ad::constant(xt);
+  auto softmax_of = [](const var& v) { return softmax_rows({v})[0]; };
+  auto max_diff = [](const ftensor& a, const ftensor& b) {
+    REQUIRE(a.shape() == b.shape());
+    double m = 0, scale = 1;
+    for (std::size_t i = 0; i < a.size(); ++i)
+      m = std::max(m, double(std::fabs(a[i] - b[i]))),
+      scale = std::max(scale, double(std::fabs(b[i])));
+    return m / scale;
+  };
+  {
+    counting_conv conv(2, 3, 3, 1, 1, 1, false, rng);
+    ebs_options o;
+    o.w_bits = {1, 2, 4};
+    o.a_bits = {2, 3};
+    ebs_policy pol(o);
+    nn::attach_policy(conv, pol);
+    randomize(pol.architecture_parameters(), 4, -1.0f, 1.0f);
+    randomize(pol.parameters(), 5, 1.5f, 3.0f);  // PACT alphas
+    const var y = conv(x);
+    CHECK(conv.calls == 1);
+    const auto arch = pol.architecture_parameters();
+    const auto alphas = pol.parameters();
+    const auto rw = softmax_of(arch[0]), ra = softmax_of(arch[1]);
+    ftensor ref(y.shape(), 0.0f);
+    for (std::size_t i = 0; i < o.w_bits.size(); ++i)
+      for (std::size_t j = 0; j < o.a_bits.size(); ++j) {
+        const var yij = ad::conv2d(quant::pact(x, alphas[j], o.a_bits[j]),
+                                   quant::dorefa_weights(conv.weight, o.w_bits[i]), var(), 1, 1, 1);
+        for (std::size_t k = 0; k < ref.size(); ++k)
+          ref[k] += float(rw[i] * ra[j]) * yij.value()[k];
+      }
+    CHECK(max_diff(y.value(), ref) < 1e-5);
+  }
+  {
+    counting_conv conv(2, 3, 3, 1, 1, 1, false, rng);
+    dnas_options o;
+    o.pairs = {{1, 2}, {2, 2}, {4, 8}};
+    dnas_policy pol(o);
+    nn::attach_policy(conv, pol);
+    randomize(pol.architecture_parameters(), 6, -1.0f, 1.0f);
+    auto params = pol.parameters();  // 3 weight copies, then 3 alphas
+    randomize({params[0], params[1], params[2]}, 7, -0.5f, 0.5f);
+    randomize({params[3], params[4], params[5]}, 8, 1.5f, 3.0f);
+    conv.eval();  // no Gumbel noise: the mixture is softmax(theta)
+    const var y = conv(x);
+    CHECK(conv.calls == 3);
+    const auto m = softmax_of(pol.architecture_parameters()[0]);
+    ftensor ref(y.shape(), 0.0f);
+    for (std::size_t k = 0; k < 3; ++k) {
+      const var yk = ad::conv2d(quant::pact(x, params[3 + k], o.pairs[k].a),
+                                quant::dorefa_weights(params[k], o.pairs[k].w), var(), 1, 1, 1);
+      for (std::size_t i = 0; i < ref.size(); ++i) ref[i] += float(m[k]) * yk.value()[i];
+    }
+    CHECK(max_diff(y.value(), ref) < 1e-5);
+    // Training forwards draw Gumbel noise: mixture weights differ between two forwards.
+    conv.train();
+    const var y1 = conv(x), y2 = conv(x);
+    CHECK(max_diff(y1.value(), y2.value()) > 0);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Search steps: loss goes down, the derived configuration meets the budget
 
 TEST_CASE("a few search steps reduce the loss and derive a configuration within budget") {
   const batch probe = make_batch(64, 999);
-  for (auto [w, a] : {std::pair{2, 2}, std::pair{3, 3}}) {
-    for (budget_kind kind : {budget_kind::bitops, budget_kind::weight_bits}) {
-      const budget bud = budget::like_uniform(kind, tiny_costs(), w, a);
-      INFO("budget " << bud.describe());
-      auto run = [&](nn::precision_policy& pol, auto& typed, bool alternating) {
-        tiny_net net(4);
-        search_context ctx = make_context(net);
-        nn::attach_policy(net, pol);
-        const double before = eval_loss(net, probe);
-        search_steps(net, typed, bud, ctx, 4, alternating);
-        const double after = eval_loss(net, probe);
-        CHECK(after < before);
-        const bit_config cfg = typed.derive(ctx, bud);
-        CHECK(bud.admits(tiny_costs(), cfg));
-        return cfg;
-      };
-      SUBCASE("dnas sample") {
-        dnas_policy pol;
-        run(pol, pol, true);
-      }
-      SUBCASE("dnas argmax, joint pairs") {
-        dnas_options o;
-        o.pairs = {{1, 2}, {2, 2}, {3, 3}, {4, 4}, {8, 8}};
-        o.choice = dnas_choice::argmax;
-        dnas_policy pol(o);
-        run(pol, pol, true);
-      }
-      SUBCASE("ebs") {
-        ebs_policy pol;
-        run(pol, pol, false);
-      }
-      SUBCASE("ebs linear penalty") {
-        ebs_options o;
-        o.penalty = ebs_penalty::linear;
-        ebs_policy pol(o);
-        run(pol, pol, false);
-      }
-      SUBCASE("fracbits") {
-        fracbits_policy pol;
-        run(pol, pol, false);
-        CHECK(pol.hard_assigned());  // at 80% of the 4 epochs
-      }
-      SUBCASE("fracbits kernel-wise") {
-        fracbits_options o;
-        o.kernel_wise = true;
-        o.hard_assign_fraction = 1.0;  // only in derive()
-        fracbits_policy pol(o);
-        run(pol, pol, false);
-        CHECK(pol.hard_assigned());
-      }
+  const auto costs = tiny_costs();
+  const budget search_budget = budget::like_uniform(budget_kind::bitops, costs, 3, 3);
+  std::vector<budget> budgets;
+  for (int bits : {2, 3})
+    for (budget_kind kind : {budget_kind::bitops, budget_kind::weight_bits})
+      budgets.push_back(budget::like_uniform(kind, costs, bits, bits));
+  budgets.push_back(budget::bitops(budgets[0].value * 0.7));  // below uniform W2A2
+  // Searches at W3A3 BitOps; the loss on a probe batch must go down; then the configuration
+  // derived for each budget must be admitted by it.
+  auto run = [&](auto& pol, bool alternating, const char* name) {
+    INFO(name);
+    tiny_net net(4);
+    search_context ctx = make_context(net);
+    nn::attach_policy(net, pol);
+    const double before = eval_loss(net, probe);
+    search_steps(net, pol, search_budget, ctx, 3, alternating);
+    const double after = eval_loss(net, probe);
+    CHECK(after < before);
+    for (const budget& b : budgets) {
+      INFO("budget " << b.describe());
+      const bit_config cfg = pol.derive(ctx, b);
+      CHECK(b.admits(costs, cfg));
     }
+  };
+  {
+    dnas_policy pol;
+    run(pol, true, "dnas, separate sets, sampled choice");
   }
+  {
+    dnas_options o;
+    o.pairs = {{1, 2}, {2, 2}, {3, 3}, {4, 4}, {8, 8}};
+    o.choice = dnas_choice::argmax;
+    dnas_policy pol(o);
+    run(pol, true, "dnas, joint pairs, argmax");
+  }
+  {
+    ebs_policy pol;
+    run(pol, false, "ebs, absolute penalty");
+  }
+  {
+    ebs_options o;
+    o.penalty = ebs_penalty::linear;
+    ebs_policy pol(o);
+    run(pol, false, "ebs, linear penalty");
+  }
+  {
+    fracbits_policy pol;
+    run(pol, false, "fracbits");
+  }
+  {
+    fracbits_options o;
+    o.kernel_wise = true;
+    o.hard_assign_fraction = 1.0;  // only in derive()
+    fracbits_policy pol(o);
+    run(pol, false, "fracbits kernel-wise");
+  }
+}
+
+TEST_CASE("fracbits hard-assigns at the chosen fraction of the search, then drops the cost") {
+  tiny_net net(5);
+  search_context ctx = make_context(net, 7, 2);
+  fracbits_policy pol;  // 0.8 of 5 epochs: before epoch 4
+  nn::attach_policy(net, pol);
+  const budget b = budget::like_uniform(budget_kind::bitops, tiny_costs(), 2, 2);
+  nn::sgd opt(concat(concat(net.parameters(), pol.parameters()), pol.architecture_parameters()),
+              0.05f);
+  for (std::size_t e = 0; e < 5; ++e) {
+    pol.on_search_epoch(ctx, e, 5);
+    CHECK(pol.hard_assigned() == (e >= 4));
+    const batch tb = ctx.train_batch(e % 2);
+    opt.zero_grad();
+    const var ce = task_loss(net, tb);
+    const var loss = pol.search_loss(ce, b);
+    if (pol.hard_assigned()) CHECK(loss.item() == ce.item());
+    if (!pol.hard_assigned()) CHECK(loss.item() > ce.item());  // 3.5 bits is above W2A2
+    ad::backward(loss);
+    opt.step();
+  }
+  REQUIRE(pol.assigned_config());
+  CHECK(b.admits(tiny_costs(), *pol.assigned_config()));
+  CHECK(pol.derive(ctx, b) == *pol.assigned_config());
+  // The hard forward equals fixed DoReFa / PACT at the assigned bits: lambdas get no gradient.
+  for (auto& p : pol.architecture_parameters()) p.zero_grad();
+  ad::backward(task_loss(net, ctx.train_batch(0)));
+  for (auto& p : pol.architecture_parameters())
+    for (float g : p.grad()) CHECK(g == 0.0f);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -475,10 +578,21 @@ TEST_CASE("fracbits bisection lands within 1% of an attainable target, and never
     pol.set_layer_costs(desc.layers);
     randomize(pol.architecture_parameters(), 1000 + std::uint32_t(trial), 1.0f, 8.0f);
     const budget kind_probe = budget::bitops(1.0);
-    // Reference: the chain of configurations round(lambda + o) over a fine scan of o.
+    // Reference: every configuration round(lambda + o) takes as o grows. Rounding changes
+    // only where some lambda + o crosses k + 1/2, so evaluating between consecutive crossings
+    // gives the whole chain.
+    std::vector<double> cuts{-9.0, 9.0};
+    for (std::size_t i = 0; i < desc.size(); ++i) {
+      const auto arch = pol.architecture_parameters();
+      for (const var* lam : {&arch[2 * i], &arch[2 * i + 1]})
+        for (int k = 0; k <= 9; ++k) cuts.push_back(k + 0.5 - double(lam->value()[0]));
+    }
+    std::sort(cuts.begin(), cuts.end());
     std::vector<double> chain;
-    for (double o = -8; o <= 8; o += 1e-3)
-      chain.push_back(kind_probe.cost_of(desc.layers, pol.rounded(o)));
+    for (std::size_t i = 0; i + 1 < cuts.size(); ++i)
+      if (cuts[i + 1] > cuts[i])
+        chain.push_back(
+            kind_probe.cost_of(desc.layers, pol.rounded(0.5 * (cuts[i] + cuts[i + 1]))));
     // An attainable target: a chain cost plus 0.5% (so the 1% band contains it).
     std::uniform_int_distribution<std::size_t> pick(0, chain.size() - 1);
     const double target = chain[pick(rng)] * 1.005;
@@ -516,7 +630,7 @@ TEST_CASE("dnas with a fixed seed is reproducible") {
     o.samples = 6;
     dnas_policy pol(o);
     nn::attach_policy(net, pol);
-    search_context ctx = make_context(net, seed);
+    search_context ctx = make_context(net, seed, 2);
     search_steps(net, pol, bud, ctx, 2, true);
     std::vector<float> logits;
     for (auto& p : pol.architecture_parameters())
