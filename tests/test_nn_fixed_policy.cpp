@@ -81,8 +81,8 @@ TEST_CASE("fixed_policy: forward equals the manual fake-quant computation") {
 }
 
 TEST_CASE("fixed_policy: every weight/activation quantizer choice runs and its codes match") {
-  for (const auto wq : {weight_quantizer::dorefa, weight_quantizer::uniform_symmetric,
-                        weight_quantizer::lsq})
+  for (const auto wq :
+       {weight_quantizer::dorefa, weight_quantizer::uniform_symmetric, weight_quantizer::lsq})
     for (const auto aq : {activation_quantizer::pact, activation_quantizer::uniform_asymmetric,
                           activation_quantizer::lsq}) {
       std::mt19937 rng(2);

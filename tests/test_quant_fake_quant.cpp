@@ -125,7 +125,10 @@ TEST_CASE("uniform: straight-through gradient passes inside the range only") {
   // Unsigned: zero point 0 clips every negative value.
   const quant_params pu = quant_params::per_tensor(0.25f, 0);
   auto r = run_with_grads(
-      [&](const auto& v) { return fake_quantize(v[0], pu, bitwidth{3, false}); }, {x});
+      [&](const auto& v) {
+        return fake_quantize(v[0], pu, bitwidth{3, false});
+      },
+      {x});
   const ftensor seed = seed_for(r.y.shape());
   for (std::size_t i = 0; i < x.size(); ++i) {
     const float u = x[i] / 0.25f;
@@ -181,7 +184,8 @@ TEST_CASE("dorefa: kernel-wise bits quantize each channel at its own bit-width")
   const var y = dorefa_weights(constant(w), std::span<const int>(bits));
   for (std::size_t c = 0; c < 4; ++c) {
     const var yc = dorefa_weights(constant(w), bits[c]);  // same layer-wide normalisation
-    for (std::size_t i = c * 8; i < c * 8 + 8; ++i) CHECK(std::fabs(y.value()[i] - yc.value()[i]) <= 1e-6f);
+    for (std::size_t i = c * 8; i < c * 8 + 8; ++i)
+      CHECK(std::fabs(y.value()[i] - yc.value()[i]) <= 1e-6f);
   }
   const std::vector<int> wrong{2, 3};
   CHECK_THROWS_AS(dorefa_weights(constant(w), std::span<const int>(wrong)), shape_error);
@@ -215,9 +219,9 @@ TEST_CASE("pact: forward, codes, residual and paper alpha gradients") {
           if (mode == pact_alpha_gradient::paper)
             ga += x[i] >= alpha ? seed[i] : (two && x[i] <= -alpha ? -seed[i] : 0.0);
           else
-            ga += x[i] > alpha  ? seed[i]
-                  : x[i] < lo   ? (two ? -seed[i] : 0.0)
-                                : seed[i] * (double(r.y[i]) - x[i]) / alpha;
+            ga += x[i] > alpha ? seed[i]
+                  : x[i] < lo  ? (two ? -seed[i] : 0.0)
+                               : seed[i] * (double(r.y[i]) - x[i]) / alpha;
         }
         CHECK(r.grads[1][0] == doctest::Approx(ga).epsilon(1e-5));
         if (mode == pact_alpha_gradient::residual) {
@@ -226,7 +230,8 @@ TEST_CASE("pact: forward, codes, residual and paper alpha gradients") {
               [&](const auto& v) {
                 const var lo_v = two ? neg(v[1]) : constant(ftensor({1}, 0.0f));
                 const var y = minimum(maximum(v[0], lo_v), v[1]);
-                if (two) return v[1] * (round_ste((y / v[1] + 1.0f) * (0.5f * L)) * (2.0f / L) - 1.0f);
+                if (two)
+                  return v[1] * (round_ste((y / v[1] + 1.0f) * (0.5f * L)) * (2.0f / L) - 1.0f);
                 return v[1] * round_ste(y / v[1] * L) * (1.0f / L);
               },
               {x, a});
@@ -252,7 +257,8 @@ TEST_CASE("lsq: forward, codes, gradients with the 1/sqrt(N Q_P) scale, per chan
       CAPTURE(bits);
       const int qn = sgn ? 1 << (bits - 1) : 0, qp = sgn ? (1 << (bits - 1)) - 1 : (1 << bits) - 1;
       for (const ftensor& step : {ftensor({1}, 0.3f), ftensor({3}, {0.2f, 0.5f, 0.05f})}) {
-        auto r = run_with_grads([&](const auto& v) { return lsq(v[0], v[1], bits, sgn); }, {x, step});
+        auto r =
+            run_with_grads([&](const auto& v) { return lsq(v[0], v[1], bits, sgn); }, {x, step});
         const ftensor seed = seed_for(r.y.shape());
         const code_tensor c = lsq_codes(x, step, bits, sgn);
         c.validate();
@@ -381,14 +387,14 @@ TEST_CASE("quantizers: typed errors for bad bits, scales, alphas, shapes and NaN
   const var step3 = var::parameter(ftensor({3}, 0.1f));
   CHECK_THROWS_AS(lsq(x, step3, 4, true), shape_error);
   CHECK_THROWS_AS(pact(x, step3, 4), shape_error);
-  CHECK_THROWS_AS(fake_quantize(x, quant_params::per_channel({1, 1, 1}, {0, 0, 0}), bitwidth{4, true}),
-                  shape_error);
+  CHECK_THROWS_AS(
+      fake_quantize(x, quant_params::per_channel({1, 1, 1}, {0, 0, 0}), bitwidth{4, true}),
+      shape_error);
   CHECK_THROWS_AS(fake_quantize(x, quant_params::per_tensor(1.0f, 9), bitwidth{3, true}),
                   value_error);
-  CHECK_THROWS_AS(
-      uniform_quantize(constant(ftensor({}, 0.0f)), bitwidth{4, true}, quant_scheme::symmetric,
-                       granularity::per_channel),
-      shape_error);
+  CHECK_THROWS_AS(uniform_quantize(constant(ftensor({}, 0.0f)), bitwidth{4, true},
+                                   quant_scheme::symmetric, granularity::per_channel),
+                  shape_error);
   ftensor nan_x = x.value();
   nan_x[2] = NAN;
   CHECK_THROWS_AS(dorefa_weights(constant(nan_x), 4), value_error);

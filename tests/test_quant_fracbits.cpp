@@ -52,8 +52,8 @@ TEST_CASE("fracbits: integral lambda equals the plain quantizer") {
     }
     // Kernel-wise lambdas at integers: each channel at its own bits.
     const std::vector<int> bits{b, std::max(1, b - 1), std::min(8, b + 2), 1};
-    const var lk = var::parameter(ftensor({4}, {float(bits[0]), float(bits[1]), float(bits[2]),
-                                                float(bits[3])}));
+    const var lk = var::parameter(
+        ftensor({4}, {float(bits[0]), float(bits[1]), float(bits[2]), float(bits[3])}));
     const var yk = fracbits_quantize(constant(w), lk, {}, dorefa_weight_quantizer{});
     const var rk = dorefa_weights(constant(w), std::span<const int>(bits));
     for (std::size_t i = 0; i < w.size(); ++i) CHECK(yk.value()[i] == rk.value()[i]);
@@ -71,7 +71,8 @@ TEST_CASE("fracbits: lambda gradient equals the finite difference away from inte
     // Weights, per layer and kernel-wise.
     for (std::size_t channels : {std::size_t(1), std::size_t(5)}) {
       ftensor lam0({channels});
-      for (std::size_t c = 0; c < channels; ++c) lam0[c] = l0 - 0.03f * float(c);  // stays 0.05 away from integers
+      for (std::size_t c = 0; c < channels; ++c)
+        lam0[c] = l0 - 0.03f * float(c);  // stays 0.05 away from integers
       const var lam = var::parameter(lam0);
       const var y = fracbits_quantize(constant(w), lam, {}, dorefa_weight_quantizer{});
       const ftensor r = random_tensor(y.shape(), rng);
@@ -80,7 +81,8 @@ TEST_CASE("fracbits: lambda gradient equals the finite difference away from inte
         auto at = [&](float d) {
           ftensor l = lam0;
           l[c] += d;
-          return weighted(fracbits_quantize(constant(w), constant(l), {}, dorefa_weight_quantizer{}), r);
+          return weighted(
+              fracbits_quantize(constant(w), constant(l), {}, dorefa_weight_quantizer{}), r);
         };
         const double fd = (at(h) - at(-h)) / (2.0 * h);
         CHECK(lam.grad()[c] == doctest::Approx(fd).epsilon(2e-3));
@@ -120,7 +122,8 @@ TEST_CASE("fracbits: input gradient through DoReFa is the plain straight-through
   std::mt19937 rng(3);
   const ftensor w = random_tensor({3, 10}, rng, -2, 2);
   const var wv = var::parameter(w), ref = var::parameter(w);
-  const var y = fracbits_quantize(wv, var::parameter(ftensor({1}, 2.4f)), {}, dorefa_weight_quantizer{});
+  const var y =
+      fracbits_quantize(wv, var::parameter(ftensor({1}, 2.4f)), {}, dorefa_weight_quantizer{});
   const ftensor r = random_tensor(y.shape(), rng);
   backward(y, &r);
   backward(dorefa_weights(ref, 3), &r);  // DoReFa's backward does not depend on the bits
@@ -184,9 +187,9 @@ TEST_CASE("fracbits: typed errors") {
                   shape_error);
   CHECK_THROWS_AS(fracbits_quantize(w, constant(ftensor({1}, NAN)), {}, dorefa_weight_quantizer{}),
                   value_error);
-  CHECK_THROWS_AS(fracbits_quantize(w, constant(ftensor({1}, 3.0f)), {0.5f, 8.0f},
-                                    dorefa_weight_quantizer{}),
-                  bits_error);
+  CHECK_THROWS_AS(
+      fracbits_quantize(w, constant(ftensor({1}, 3.0f)), {0.5f, 8.0f}, dorefa_weight_quantizer{}),
+      bits_error);
   // PACT takes one bit-width per layer.
   const pact_quantizer pq{var::parameter(ftensor({1}, 2.0f)), {}};
   CHECK_THROWS_AS(fracbits_quantize(w, constant(ftensor({3}, 3.0f)), {}, pq), shape_error);

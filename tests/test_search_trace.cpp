@@ -25,8 +25,8 @@ namespace {
 class q_basic_block : public module {
  public:
   q_basic_block(std::size_t in, std::size_t out, std::size_t stride, std::mt19937& rng) {
-    conv1 = register_module("conv1", std::make_shared<quantized_conv2d>(in, out, 3, stride, 1, 1,
-                                                                        false, rng));
+    conv1 = register_module(
+        "conv1", std::make_shared<quantized_conv2d>(in, out, 3, stride, 1, 1, false, rng));
     bn1 = register_module("bn1", std::make_shared<batch_norm2d>(out));
     conv2 = register_module("conv2",
                             std::make_shared<quantized_conv2d>(out, out, 3, 1, 1, 1, false, rng));
@@ -97,9 +97,13 @@ std::shared_ptr<sequential> q_mobilenet_v2(std::mt19937& rng) {
   struct setting {
     std::size_t t, c, n, s;
   };
-  const std::array<setting, 7> settings{
-      {{1, 16, 1, 1}, {6, 24, 2, 2}, {6, 32, 3, 2}, {6, 64, 4, 2}, {6, 96, 3, 1}, {6, 160, 3, 2},
-       {6, 320, 1, 1}}};
+  const std::array<setting, 7> settings{{{1, 16, 1, 1},
+                                         {6, 24, 2, 2},
+                                         {6, 32, 3, 2},
+                                         {6, 64, 4, 2},
+                                         {6, 96, 3, 1},
+                                         {6, 160, 3, 2},
+                                         {6, 320, 1, 1}}};
   auto net = std::make_shared<sequential>();
   net->add(std::make_shared<quantized_conv2d>(3, 32, 3, 2, 1, 1, false, rng));
   net->add(std::make_shared<batch_norm2d>(32));
@@ -145,12 +149,10 @@ TEST_CASE("trace_costs: the demo CNN matches the costs of its definition") {
   auto net = demo_cnn(10, 1, rng);
   const search::model_desc d = search::trace_costs(*net, {1, 1, 28, 28}, "demo_cnn");
   search::model_desc ref;
-  ref.layers = {search::make_conv("c1", 1, 16, 3, 1, 1, 28),
-                search::make_conv("c2", 16, 32, 3, 2, 1, 28),
-                search::make_conv("dw", 32, 32, 3, 1, 32, 14),
-                search::make_conv("pw", 32, 64, 1, 1, 1, 14),
-                search::make_conv("c5", 64, 64, 3, 2, 1, 14),
-                search::make_linear("fc", 64, 10)};
+  ref.layers = {
+      search::make_conv("c1", 1, 16, 3, 1, 1, 28),   search::make_conv("c2", 16, 32, 3, 2, 1, 28),
+      search::make_conv("dw", 32, 32, 3, 1, 32, 14), search::make_conv("pw", 32, 64, 1, 1, 1, 14),
+      search::make_conv("c5", 64, 64, 3, 2, 1, 14),  search::make_linear("fc", 64, 10)};
   check_same_layers(d, ref);
   CHECK(d.name == "demo_cnn");
   CHECK(d.layers[0].name == "0");

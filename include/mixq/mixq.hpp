@@ -6,4 +6,5 @@
 #include "mixq/kernels.hpp"
 #include "mixq/data.hpp"
 #include "mixq/nn.hpp"
+#include "mixq/quant.hpp"
 #include "mixq/search.hpp"

@@ -2,6 +2,8 @@
 // optimizers and lr schedules, parameter files, and a training loop with a progress bar.
 #pragma once
 
+#include "mixq/nn/demo_cnn.hpp"
+#include "mixq/nn/fixed_policy.hpp"
 #include "mixq/nn/module.hpp"
 #include "mixq/nn/optim.hpp"
 #include "mixq/nn/quantized.hpp"

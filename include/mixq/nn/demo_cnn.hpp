@@ -17,8 +17,8 @@ namespace mixq::nn {
 inline std::shared_ptr<sequential> demo_cnn(std::size_t classes = 10, std::size_t width = 1,
                                             std::mt19937& rng = detail::default_rng()) {
   if (classes == 0 || width == 0)
-    throw shape_error(mixq::detail::cat("demo_cnn: classes ", classes, " and width ", width,
-                                        " must be >= 1"));
+    throw shape_error(
+        mixq::detail::cat("demo_cnn: classes ", classes, " and width ", width, " must be >= 1"));
   const std::size_t c1 = 16 * width, c2 = 32 * width, c3 = 64 * width;
   auto net = std::make_shared<sequential>();
   auto conv_bn_relu = [&](std::size_t in, std::size_t out, std::size_t k, std::size_t stride,

@@ -81,8 +81,8 @@ class fixed_policy : public precision_policy {
         for (std::size_t c = 0; c < out; ++c) {
           ftensor wc({block});
           std::copy_n(w.data() + c * block, block, wc.data());
-          s[c] = config_.w_bits[i] >= 2 ? quant::lsq_initial_step(wc, config_.w_bits[i], true)
-                                         : 1.0f;
+          s[c] =
+              config_.w_bits[i] >= 2 ? quant::lsq_initial_step(wc, config_.w_bits[i], true) : 1.0f;
         }
         steps_w_.push_back(autodiff::var::parameter(std::move(s)));
       }

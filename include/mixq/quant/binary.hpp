@@ -22,11 +22,10 @@ enum class binary_scaling {
 /// The codes of the sign quantizer (binary type, +-1) and its scale(s).
 inline code_tensor binary_codes(const ftensor& x, binary_scaling scaling = binary_scaling::none,
                                 granularity g = granularity::per_tensor) {
-  const std::size_t channels = scaling == binary_scaling::none
-                                   ? 1
-                                   : detail::channel_count(x.shape(),
-                                                           g == granularity::per_channel,
-                                                           "binary_sign");
+  const std::size_t channels =
+      scaling == binary_scaling::none
+          ? 1
+          : detail::channel_count(x.shape(), g == granularity::per_channel, "binary_sign");
   code_tensor c;
   c.type = bitwidth{1, true};
   c.shape = x.shape();
@@ -43,8 +42,8 @@ inline code_tensor binary_codes(const ftensor& x, binary_scaling scaling = binar
     }
     // An all-zero channel keeps a tiny positive scale so that the map stays valid.
     if (scaling == binary_scaling::mean_abs)
-      c.scale[ch] = block ? std::max(float(s / double(block)), std::numeric_limits<float>::min())
-                          : 1.0f;
+      c.scale[ch] =
+          block ? std::max(float(s / double(block)), std::numeric_limits<float>::min()) : 1.0f;
   }
   return c;
 }

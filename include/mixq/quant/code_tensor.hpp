@@ -39,8 +39,9 @@ inline void check_bits(int bits, const char* who) {
 inline std::size_t channel_count(const shape_t& s, bool per_channel, const char* who) {
   if (!per_channel) return 1;
   if (s.empty() || s[0] == 0)
-    throw shape_error(cat(who, ": per-channel quantization needs an outer (channel) dimension,"
-                               " got shape ",
+    throw shape_error(cat(who,
+                          ": per-channel quantization needs an outer (channel) dimension,"
+                          " got shape ",
                           shape_string(s)));
   return s[0];
 }
@@ -57,7 +58,8 @@ inline void check_bits_list(std::span<const int> bits, const shape_t& s, const c
 inline void check_positive(const tensor<float>& v, const char* who, const char* what) {
   for (std::size_t i = 0; i < v.size(); ++i)
     if (!(v[i] > 0.0f) || !std::isfinite(v[i]))
-      throw value_error(cat(who, ": ", what, " ", v[i], (v.size() > 1 ? cat(" (channel ", i, ")") : ""),
+      throw value_error(cat(who, ": ", what, " ", v[i],
+                            (v.size() > 1 ? cat(" (channel ", i, ")") : ""),
                             " is invalid: expected a finite value > 0"));
 }
 }  // namespace detail
@@ -87,27 +89,25 @@ struct code_tensor {
     type.validate();
     if (codes.size() != shape_numel(shape))
       throw shape_error(detail::cat("code_tensor: ", codes.size(), " codes for shape ",
-                                          shape_string(shape), " (", shape_numel(shape),
-                                          " values)"));
+                                    shape_string(shape), " (", shape_numel(shape), " values)"));
     if (scale.empty() || scale.size() != zero_point.size())
       throw value_error(detail::cat("code_tensor: ", scale.size(), " scales and ",
-                                          zero_point.size(), " zero points: expected equal, >= 1"));
+                                    zero_point.size(), " zero points: expected equal, >= 1"));
     if (scale.size() > 1 && (shape.empty() || shape[0] != scale.size()))
-      throw shape_error(detail::cat("code_tensor: ", scale.size(),
-                                          " per-channel scales for shape ", shape_string(shape),
-                                          ": expected one per outer channel"));
+      throw shape_error(detail::cat("code_tensor: ", scale.size(), " per-channel scales for shape ",
+                                    shape_string(shape), ": expected one per outer channel"));
     for (std::size_t c = 0; c < scale.size(); ++c)
       if (!(scale[c] > 0.0f) || !std::isfinite(scale[c]) || !std::isfinite(zero_point[c]))
         throw value_error(detail::cat("code_tensor: scale ", scale[c], ", zero point ",
-                                            zero_point[c], " (channel ", c,
-                                            "): expected a finite scale > 0"));
+                                      zero_point[c], " (channel ", c,
+                                      "): expected a finite scale > 0"));
     const int lo = detail::code_min(type), hi = detail::code_max(type);
     for (std::size_t i = 0; i < codes.size(); ++i) {
-      const bool ok = type.is_binary() ? (codes[i] == -1 || codes[i] == 1)
-                                       : (codes[i] >= lo && codes[i] <= hi);
+      const bool ok =
+          type.is_binary() ? (codes[i] == -1 || codes[i] == 1) : (codes[i] >= lo && codes[i] <= hi);
       if (!ok)
         throw value_error(detail::cat("code_tensor: code ", codes[i], " at ", i,
-                                            " is not a value of ", type.name()));
+                                      " is not a value of ", type.name()));
     }
   }
 
@@ -130,11 +130,10 @@ struct code_tensor {
     for (std::size_t c = 0; c < zero_point.size(); ++c) {
       const float z = zero_point[c];
       if (z != std::nearbyint(z) || std::fabs(z) > float(std::numeric_limits<std::int32_t>::max()))
-        throw value_error(detail::cat(
-            "code_tensor::to_quant_params: zero point ", z, " (channel ", c,
-            ") is not an integer: the offset ", offset(c),
-            " is not an integral multiple of the scale ", scale[c],
-            "; use scale/zero_point (or offset()) directly"));
+        throw value_error(detail::cat("code_tensor::to_quant_params: zero point ", z, " (channel ",
+                                      c, ") is not an integer: the offset ", offset(c),
+                                      " is not an integral multiple of the scale ", scale[c],
+                                      "; use scale/zero_point (or offset()) directly"));
       p.zero_point[c] = std::int32_t(z);
     }
     p.validate();

@@ -29,8 +29,7 @@ struct dorefa_encoding {
   std::size_t argmax = 0;  // where the max was found
 };
 
-inline dorefa_encoding dorefa_encode(const ftensor& w, std::span<const int> bits,
-                                     const char* who) {
+inline dorefa_encoding dorefa_encode(const ftensor& w, std::span<const int> bits, const char* who) {
   check_bits_list(bits, w.shape(), who);
   dorefa_encoding e;
   e.t = ftensor(w.shape());

@@ -35,8 +35,8 @@ struct bit_range {
   bit_range with_minimum(float layer_min) const {
     validate();
     if (!(layer_min >= 1.0f && layer_min <= max_bits))
-      throw bits_error(detail::cat("per-layer minimum ", layer_min, " bits is outside [1, ",
-                                   max_bits, "]"));
+      throw bits_error(
+          detail::cat("per-layer minimum ", layer_min, " bits is outside [1, ", max_bits, "]"));
     return {std::max(min_bits, layer_min), max_bits};
   }
 };
@@ -129,8 +129,7 @@ var fracbits_quantize(const var& x, const var& lambda, const bit_range& range, c
 /// `init` (FracBits: 3.5 = target + 0.5), with its clamp range (per-layer minimum included).
 class fractional_bits {
  public:
-  fractional_bits(float init, std::size_t channels = 1, bit_range range = {})
-      : range_(range) {
+  fractional_bits(float init, std::size_t channels = 1, bit_range range = {}) : range_(range) {
     range_.validate();
     if (channels == 0) throw shape_error("fractional_bits: needs at least one channel");
     if (!(init >= range_.min_bits && init <= range_.max_bits))
@@ -149,16 +148,16 @@ class fractional_bits {
     std::vector<int> out(channels());
     for (std::size_t i = 0; i < out.size(); ++i) {
       const float v = std::clamp(lambda_.value()[i] + offset, range_.min_bits, range_.max_bits);
-      out[i] = int(std::clamp(std::nearbyint(v), std::ceil(range_.min_bits),
-                              std::floor(range_.max_bits)));
+      out[i] = int(
+          std::clamp(std::nearbyint(v), std::ceil(range_.min_bits), std::floor(range_.max_bits)));
     }
     return out;
   }
   /// Overwrites lambda (e.g. with the rounded bits at hard assignment).
   void assign(std::span<const float> values) {
     if (values.size() != channels())
-      throw shape_error(detail::cat("fractional_bits::assign: ", values.size(),
-                                    " values for ", channels(), " channels"));
+      throw shape_error(detail::cat("fractional_bits::assign: ", values.size(), " values for ",
+                                    channels(), " channels"));
     for (std::size_t i = 0; i < values.size(); ++i) lambda_.value()[i] = values[i];
   }
   /// Quantizes x with the base quantizer at the current lambda.

@@ -21,8 +21,9 @@ namespace detail {
 inline void lsq_range(int bits, bool is_signed, int& qn, int& qp) {
   check_bits(bits, "lsq");
   if (is_signed && bits == 1)
-    throw bits_error("lsq: signed 1-bit has no positive level (Q_P = 0): expected bits >= 2 "
-                     "for signed LSQ (use binary_sign for {-1, +1} weights)");
+    throw bits_error(
+        "lsq: signed 1-bit has no positive level (Q_P = 0): expected bits >= 2 "
+        "for signed LSQ (use binary_sign for {-1, +1} weights)");
   qn = is_signed ? 1 << (bits - 1) : 0;
   qp = is_signed ? (1 << (bits - 1)) - 1 : (1 << bits) - 1;
 }
@@ -77,8 +78,7 @@ inline var lsq(const var& x, const var& step, int bits, bool is_signed, float gr
   int qn = 0, qp = 0;
   detail::lsq_range(bits, is_signed, qn, qp);
   const std::size_t block = codes.channel_size();
-  const float gs =
-      grad_scale > 0 ? grad_scale : float(1.0 / std::sqrt(double(block) * double(qp)));
+  const float gs = grad_scale > 0 ? grad_scale : float(1.0 / std::sqrt(double(block) * double(qp)));
   return autodiff::detail::make_result(
       std::move(y), {x, step}, "lsq", [qn, qp, block, gs](autodiff::node& self) {
         const float* px = self.parents[0]->value.data();

@@ -65,8 +65,8 @@ inline code_tensor pact_codes(const ftensor& x, float alpha, int bits, bool two_
 /// 0; dy/dalpha as `options.alpha_gradient` says.
 inline var pact(const var& x, const var& alpha, int bits, const pact_options& options = {}) {
   if (alpha.size() != 1)
-    throw shape_error(detail::cat("pact: alpha has shape ", shape_string(alpha.shape()),
-                                  "; expected one value"));
+    throw shape_error(
+        detail::cat("pact: alpha has shape ", shape_string(alpha.shape()), "; expected one value"));
   const float a = alpha.value()[0];
   const code_tensor codes = pact_codes(x.value(), a, bits, options.two_sided);
   ftensor y = codes.dequantize();
@@ -103,8 +103,8 @@ struct pact_quantizer {
   pact_options options{};
   var operator()(const var& x, std::span<const int> bits) const {
     if (bits.size() != 1)
-      throw shape_error(detail::cat("pact: ", bits.size(),
-                                    " bit-widths given; activations take one per layer"));
+      throw shape_error(
+          detail::cat("pact: ", bits.size(), " bit-widths given; activations take one per layer"));
     return pact(x, alpha, bits[0], options);
   }
 };

@@ -31,9 +31,9 @@ inline void check_params_for(const quant_params& p, bitwidth type, const shape_t
     throw shape_error(cat(who, ": ", p.channels(), " per-channel parameters for shape ",
                           shape_string(s), ": expected one per outer channel"));
   for (std::size_t c = 0; c < p.channels(); ++c) {
-    const bool ok = type.is_binary() ? p.zero_point[c] == 0
-                                     : p.zero_point[c] >= code_min(type) &&
-                                           p.zero_point[c] <= code_max(type);
+    const bool ok = type.is_binary()
+                        ? p.zero_point[c] == 0
+                        : p.zero_point[c] >= code_min(type) && p.zero_point[c] <= code_max(type);
     if (!ok)
       throw value_error(cat(who, ": zero point ", p.zero_point[c], " (channel ", c,
                             ") is not a value of ", type.name()));

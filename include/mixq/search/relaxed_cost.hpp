@@ -77,15 +77,13 @@ inline autodiff::var fracbits_cost(const model_desc& model, std::span<const auto
   std::vector<std::vector<double>> grads;
   for (std::size_t i = 0; i < n; ++i) grads.push_back({r.d_w_bits[i]});
   for (std::size_t i = 0; i < n; ++i) grads.push_back({r.d_a_bits[i]});
-  return detail::scalar_node(std::move(parents), r.value, std::move(grads), scale,
-                             "fracbits_cost");
+  return detail::scalar_node(std::move(parents), r.value, std::move(grads), scale, "fracbits_cost");
 }
 
 /// EBS / EdMIPS: per layer probability vars p_w[l] over `w_candidates` and p_a[l] over
 /// `a_candidates` (e.g. autodiff::softmax of the strengths); cost = sum MACs * E[w] * E[a] or
 /// params * E[w] (+ extras). Returns scale * cost.
-inline autodiff::var expected_bits_cost(const model_desc& model,
-                                        std::span<const autodiff::var> p_w,
+inline autodiff::var expected_bits_cost(const model_desc& model, std::span<const autodiff::var> p_w,
                                         std::span<const int> w_candidates,
                                         std::span<const autodiff::var> p_a,
                                         std::span<const int> a_candidates, cost_metric metric,
@@ -96,9 +94,9 @@ inline autodiff::var expected_bits_cost(const model_desc& model,
   std::vector<std::vector<double>> pw, pa;
   for (const auto& v : p_w) pw.push_back(detail::values_of(v));
   for (const auto& v : p_a) pa.push_back(detail::values_of(v));
-  relaxed_prob_cost r = expected_bits_cost(model, std::span<const std::vector<double>>(pw),
-                                           w_candidates, std::span<const std::vector<double>>(pa),
-                                           a_candidates, metric, conv);
+  relaxed_prob_cost r =
+      expected_bits_cost(model, std::span<const std::vector<double>>(pw), w_candidates,
+                         std::span<const std::vector<double>>(pa), a_candidates, metric, conv);
   std::vector<autodiff::var> parents(p_w.begin(), p_w.end());
   parents.insert(parents.end(), p_a.begin(), p_a.end());
   std::vector<std::vector<double>> grads = std::move(r.d_p_w);

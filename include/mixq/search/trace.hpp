@@ -38,14 +38,14 @@ inline void walk_for_costs(nn::module& m, const std::string& name,
 /// bn_params = 2 C per batch norm registered after it and before the next quantized layer.
 /// shared_input_groups are left empty (the trace does not see which tensor a layer reads).
 /// Throws shape_error when the model has no quantized layer or a layer has never run.
-inline model_desc trace_costs(nn::module& model, const shape_t& input,
-                              std::string name = "model") {
+inline model_desc trace_costs(nn::module& model, const shape_t& input, std::string name = "model") {
   std::vector<std::pair<std::string, nn::quantized_layer*>> layers;
   std::vector<std::int64_t> bn;
   detail::walk_for_costs(model, "", layers, bn);
   if (layers.empty())
-    throw shape_error("trace_costs: the model has no quantized layer; expected "
-                      "quantized_conv2d or quantized_linear modules");
+    throw shape_error(
+        "trace_costs: the model has no quantized layer; expected "
+        "quantized_conv2d or quantized_linear modules");
   if (input.empty() || shape_numel(input) == 0)
     throw shape_error(detail::cat("trace_costs: input shape ", shape_string(input),
                                   " is empty; expected e.g. [1, C, H, W]"));
@@ -73,9 +73,15 @@ inline model_desc trace_costs(nn::module& model, const shape_t& input,
     l.stride = std::int64_t(q->stride());
     l.groups = std::int64_t(q->groups());
     switch (q->kind()) {
-      case nn::quantized_kind::conv: l.kind = layer_kind::conv; break;
-      case nn::quantized_kind::depthwise_conv: l.kind = layer_kind::depthwise_conv; break;
-      case nn::quantized_kind::linear: l.kind = layer_kind::linear; break;
+      case nn::quantized_kind::conv:
+        l.kind = layer_kind::conv;
+        break;
+      case nn::quantized_kind::depthwise_conv:
+        l.kind = layer_kind::depthwise_conv;
+        break;
+      case nn::quantized_kind::linear:
+        l.kind = layer_kind::linear;
+        break;
     }
     if (q->kind() == nn::quantized_kind::linear) {
       if (out.size() != 2)
