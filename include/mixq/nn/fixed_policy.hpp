@@ -23,7 +23,7 @@ enum class weight_quantizer {
 enum class activation_quantizer {
   pact,                ///< PACT with a learnable alpha per layer
   uniform_asymmetric,  ///< dynamic per-tensor asymmetric grid from the batch range
-  lsq,                 ///< LSQ with a learnable step per layer (unsigned; two_sided: signed)
+  lsq,  ///< LSQ, a learnable step per layer set from the first training batch (two-sided: signed)
 };
 
 struct fixed_policy_options {
@@ -122,8 +122,9 @@ class fixed_policy : public precision_policy {
         return quant::uniform_quantize(x, bitwidth{b, false}, quant_scheme::asymmetric);
       case activation_quantizer::lsq: {
         const bool sgn = two && b >= 2;
-        if (!act_initialised_.at(layer)) {
-          // LSQ initialises its step from the first batch it sees.
+        if (!act_initialised_.at(layer) && layers_.at(layer)->is_training()) {
+          // LSQ initialises its step from the first training batch (not from an eval pass
+          // such as trace_costs' zero input).
           steps_a_.at(layer).value()[0] = quant::lsq_initial_step(x.value(), b, sgn);
           act_initialised_[layer] = true;
         }

@@ -284,8 +284,8 @@ inline cost_report evaluate(const model_desc& model, const bit_config& config,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Relaxed costs (plain doubles). The autodiff wrappers of the differentiable policies mirror
-// these; each returns the value and its exact gradient. Edge-layer rules apply as in evaluate():
+// Relaxed costs (plain doubles). The var versions in relaxed_cost.hpp call these (one formula);
+// each returns the value and its exact gradient. Edge-layer rules apply as in evaluate():
 // a fixed bit-width is a constant (zero gradient), an uncounted layer contributes nothing.
 
 enum class cost_metric { bitops, size_bits };
