@@ -562,6 +562,82 @@ TEST_CASE("fracbits hard-assigns at the chosen fraction of the search, then drop
     for (float g : p.grad()) CHECK(g == 0.0f);
 }
 
+TEST_CASE("ebs derive: argmax when within budget, else repaired and then filled back up") {
+  const auto costs = tiny_costs();
+  std::mt19937 rng(31);
+  for (int trial = 0; trial < 20; ++trial) {
+    tiny_net net(9);
+    ebs_policy pol;
+    nn::attach_policy(net, pol);
+    pol.set_layer_costs(costs);
+    auto arch = pol.architecture_parameters();
+    randomize(arch, 300 + std::uint32_t(trial), -2.0f, 2.0f);
+    const auto& wb = pol.options().w_bits;
+    const auto& ab = pol.options().a_bits;
+    // argmax configuration and per-layer log-probabilities of every (w, a)
+    bit_config argmax_cfg;
+    std::vector<std::vector<double>> lw, la;
+    for (std::size_t l = 0; l < costs.size(); ++l) {
+      const auto pw = softmax_rows({arch[2 * l]})[0], pa = softmax_rows({arch[2 * l + 1]})[0];
+      argmax_cfg.w_bits.push_back(
+          wb[std::size_t(std::max_element(pw.begin(), pw.end()) - pw.begin())]);
+      argmax_cfg.a_bits.push_back(
+          ab[std::size_t(std::max_element(pa.begin(), pa.end()) - pa.begin())]);
+      std::vector<double> a, c;
+      for (double p : pw) a.push_back(std::log(p));
+      for (double p : pa) c.push_back(std::log(p));
+      lw.push_back(a), la.push_back(c);
+    }
+    const double full = budget::bitops(1).cost_of(costs, argmax_cfg);
+    const double least = budget::bitops(1).cost_of(costs, bit_config::uniform(3, 1, 1));
+    const budget b = budget::bitops(
+        least + (full - least) * std::uniform_real_distribution<double>(0.0, 1.2)(rng));
+    search_context ctx = make_context(net);
+    const bit_config cfg = pol.derive(ctx, b);
+    INFO("trial " << trial << " budget " << b.describe() << " argmax cost " << full);
+    REQUIRE(b.admits(costs, cfg));
+    if (b.admits(costs, argmax_cfg)) {
+      CHECK(cfg == argmax_cfg);
+      continue;
+    }
+    // No single layer can move to a more probable (w, a) that still fits.
+    const double total = b.cost_of(costs, cfg);
+    auto index_of = [](const std::vector<int>& v, int x) {
+      return std::size_t(std::find(v.begin(), v.end(), x) - v.begin());
+    };
+    for (std::size_t l = 0; l < costs.size(); ++l) {
+      const double now_lp = lw[l][index_of(wb, cfg.w_bits[l])] + la[l][index_of(ab, cfg.a_bits[l])];
+      const double now_cost = layer_bitops(costs[l], cfg.w_bits[l], cfg.a_bits[l]);
+      for (std::size_t i = 0; i < wb.size(); ++i)
+        for (std::size_t j = 0; j < ab.size(); ++j) {
+          const double lp = lw[l][i] + la[l][j];
+          const double c = layer_bitops(costs[l], wb[i], ab[j]);
+          if (lp > now_lp && c > now_cost) CHECK(total - now_cost + c > b.value * (1 + 1e-9));
+        }
+    }
+  }
+}
+
+TEST_CASE("fracbits starts its lambdas at the budget's uniform bit-width + 0.5") {
+  const auto costs = tiny_costs();
+  for (budget_kind kind : {budget_kind::bitops, budget_kind::weight_bits}) {
+    for (int bits : {2, 3, 5}) {
+      tiny_net net(2);
+      fracbits_policy pol;
+      nn::attach_policy(net, pol);
+      pol.set_layer_costs(costs);
+      const budget b = budget::like_uniform(kind, costs, bits, bits);
+      (void)pol.search_loss(ad::constant(ftensor({1}, 0.0f)), b);
+      for (const auto& p : pol.architecture_parameters())
+        for (float v : p.value()) CHECK(v == doctest::Approx(bits + 0.5));
+      // only the first call initialises
+      pol.architecture_parameters()[0].value()[0] = 4.25f;
+      (void)pol.search_loss(ad::constant(ftensor({1}, 0.0f)), b);
+      CHECK(pol.architecture_parameters()[0].value()[0] == 4.25f);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // FracBits: the offset bisection
 

@@ -142,19 +142,23 @@ inline bit_config config_of(const std::vector<std::vector<layer_choice>>& choice
   return c;
 }
 
-/// Greedy budget repair: while the configuration costs more than `b`, move one layer to a
+/// Greedy budget repair. (1) While the configuration costs more than `b`, move one layer to a
 /// cheaper choice, picking the move that loses the least log-probability per unit of cost
-/// saved. Returns the new choice indices; budget_error if no cheaper choice is left (the
-/// caller checks feasibility first, so this only happens for inconsistent inputs).
+/// saved. (2) Then, while a move to a more probable (and costlier) choice still fits, take the
+/// one gaining the most log-probability per unit of cost added, so that step (1)'s overshoot
+/// is given back. A configuration already within budget is returned unchanged. budget_error
+/// if no cheaper choice is left (callers check feasibility first).
 inline std::vector<std::size_t> repair_to_budget(
     const std::vector<std::vector<layer_choice>>& choices, std::vector<std::size_t> chosen,
     std::span<const layer_cost> costs, const budget& b, const char* who) {
   auto cost = [&](std::size_t l, std::size_t k) {
     return unit_cost(costs[l], b.kind, choices[l][k].w, choices[l][k].a);
   };
+  const double limit = b.value * (1 + 1e-9);
   double total = 0;
   for (std::size_t l = 0; l < choices.size(); ++l) total += cost(l, chosen[l]);
-  while (total > b.value * (1 + 1e-9)) {
+  if (total <= limit) return chosen;
+  while (total > limit) {
     double best_score = std::numeric_limits<double>::infinity(), best_saving = 0;
     std::size_t best_l = 0, best_k = 0;
     for (std::size_t l = 0; l < choices.size(); ++l) {
@@ -174,7 +178,23 @@ inline std::vector<std::size_t> repair_to_budget(
     total -= best_saving;
     chosen[best_l] = best_k;
   }
-  return chosen;
+  for (;;) {
+    double best_score = 0, best_added = 0;
+    std::size_t best_l = 0, best_k = 0;
+    for (std::size_t l = 0; l < choices.size(); ++l) {
+      const double now = cost(l, chosen[l]);
+      for (std::size_t k = 0; k < choices[l].size(); ++k) {
+        const double added = cost(l, k) - now;
+        const double gain = choices[l][k].logp - choices[l][chosen[l]].logp;
+        if (added <= 0 || gain <= 0 || total + added > limit) continue;
+        if (gain / added > best_score)
+          best_score = gain / added, best_added = added, best_l = l, best_k = k;
+      }
+    }
+    if (best_added <= 0) return chosen;
+    total += best_added;
+    chosen[best_l] = best_k;
+  }
 }
 
 /// Cost of a configuration of choices in b's unit.

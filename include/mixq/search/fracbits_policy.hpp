@@ -37,6 +37,10 @@ namespace mixq::search {
 
 struct fracbits_options {
   double init_bits = 3.5;  // initial lambda (all configs of the paper)
+  /// At the first search_loss(): every lambda = (the uniform bit-width that costs the budget)
+  /// + init_margin, as the paper's ablation recommends (target + 0.5); off: init_bits stays.
+  bool init_from_budget = true;
+  double init_margin = 0.5;
   int min_bits = 1, max_bits = 8;
   bool kernel_wise = false;
   float kappa = 1.0f;
@@ -143,7 +147,9 @@ class fracbits_policy : public nn::precision_policy {
   /// CE + kappa |C - T| / T; CE alone once the bits are integer.
   var search_loss(const var& task_loss, const budget& b) {
     kind_ = b.kind;
-    b.check_feasible(costs_.get("fracbits_policy::search_loss"), o_.min_bits, o_.min_bits);
+    const auto& costs = costs_.get("fracbits_policy::search_loss");
+    b.check_feasible(costs, o_.min_bits, o_.min_bits);
+    if (o_.init_from_budget && !budget_ && !hard_) init_lambdas(costs, b);
     budget_ = b;
     if (hard_) return task_loss;
     const var rel = autodiff::mul(expected_cost(), float(1.0 / b.value));
@@ -167,6 +173,19 @@ class fracbits_policy : public nn::precision_policy {
         !b.admits(costs_.get("fracbits_policy::derive"), *hard_))
       hard_assign(b);
     return *hard_;
+  }
+
+  /// Sets every lambda to the uniform bit-width whose cost equals b (BitOps: sqrt(T / MACs),
+  /// weight bits: T / params) plus init_margin, clamped to the bit range.
+  void init_lambdas(const std::vector<layer_cost>& costs, const budget& b) {
+    double macs = 0, params = 0;
+    for (const auto& c : costs) macs += double(c.macs), params += double(c.params);
+    const double eq = b.kind == budget_kind::bitops ? std::sqrt(b.value / macs) : b.value / params;
+    const float v = float(clamp(eq + o_.init_margin));
+    for (auto& s : state_) {
+      s.lambda_w.value().fill(v);
+      s.lambda_a.value().fill(v);
+    }
   }
 
   /// round(lambda + o) clamped, per layer (kernel-wise: the channel mean of lambda_w).
