@@ -262,14 +262,14 @@ TEST_CASE("dnas expected cost equals mixture_cost / expected_bits_cost") {
     pol.set_layer_costs(tiny_costs());
     net.train();
     net(ad::constant(make_batch(2, 1).images));
-    // The mixture weights of that forward are what the cost uses: recompute them from the
-    // sampled forward is impossible from outside, so compare an eval forward's softmax instead
-    // and check the training forward's cost lies within [min, max] candidate cost.
-    const double c_train = pol.expected_cost().item();
+    // The training forward's Gumbel mixture: its cost lies between the cheapest and the
+    // dearest configuration, and differs from the expectation under softmax(theta).
+    const double c_train = pol.sampled_cost().item();
     const auto lo = evaluate(tiny_desc(), bit_config::uniform(3, 1, 2)).bitops;
     const auto hi = evaluate(tiny_desc(), bit_config::uniform(3, 4, 8)).bitops;
     CHECK(c_train >= lo * (1 - 1e-6));
     CHECK(c_train <= hi * (1 + 1e-6));
+    CHECK(c_train != doctest::Approx(pol.expected_cost().item()));
     auto arch = pol.architecture_parameters();
     randomize(arch, 9, -2.0f, 2.0f);
     net.eval();
@@ -280,6 +280,32 @@ TEST_CASE("dnas expected cost equals mixture_cost / expected_bits_cost") {
     const auto ref = expected_bits_cost(tiny_desc(), softmax_rows(lw), o.w_bits, softmax_rows(la),
                                         o.a_bits, cost_metric::bitops);
     check_close(pol.expected_cost().item(), ref.value, 1e-5, "value");
+    check_close(pol.sampled_cost().item(), ref.value, 1e-5, "eval forward: softmax mixture");
+  }
+  SUBCASE("hard Gumbel samples cost exactly one discrete configuration") {
+    tiny_net net(1);
+    dnas_options o;
+    o.w_bits = {1, 2, 4};
+    o.a_bits = {2, 8};
+    o.hard_gumbel = true;
+    dnas_policy pol(o);
+    nn::attach_policy(net, pol);
+    pol.set_layer_costs(tiny_costs());
+    net.train();
+    for (int rep = 0; rep < 5; ++rep) {
+      net(ad::constant(make_batch(2, 1).images));
+      const double c = pol.sampled_cost().item();
+      bool found = false;
+      for (int code = 0; code < 216 && !found; ++code) {
+        bit_config cfg;
+        for (int l = 0, k = code; l < 3; ++l, k /= 6) {
+          cfg.w_bits.push_back(o.w_bits[std::size_t(k % 6 / 2)]);
+          cfg.a_bits.push_back(o.a_bits[std::size_t(k % 2)]);
+        }
+        found = std::fabs(evaluate(tiny_desc(), cfg).bitops - c) <= 1e-5 * c;
+      }
+      CHECK(found);
+    }
   }
 }
 

@@ -9,8 +9,9 @@
 //  - quantizers quant::dorefa_weights and quant::pact (one alpha per activation branch; the
 //    PACT knobs are nn::fixed_policy's: pact_settings);
 //  - temperature tau_e = tau0 * exp(-tau_decay * e) per search epoch (FBNet's 5.0 / 0.045);
-//  - loss CE * beta * (log(C / cost_unit))^gamma with C the expected cost under the mixture
-//    weights of the last forward (sum_l sum_k m[l][k] cost[l][k]); beta, gamma default to
+//  - loss CE * beta * (log(C / cost_unit))^gamma with C the cost under the mixture weights
+//    of the last forward, sum_l sum_k m[l][k] cost[l][k] (sampled_cost(); expected_cost() is
+//    the same under softmax(theta)); beta, gamma default to
 //    FBNet's 0.2 / 0.6; cost_unit defaults to (all-minimum-bits cost) / e, so the log is >= 1
 //    over the whole search space and the power is defined;
 //  - alternating weight / architecture updates (update_scheme::alternating, the driver's
@@ -185,21 +186,15 @@ class dnas_policy : public nn::precision_policy {
 
   // ---- differentiable_policy ------------------------------------------------------------
 
-  /// C = sum_l sum_k m[l][k] cost(l, k) in the unit of the last budget seen, with m the
-  /// mixture weights of the last forward (softmax(theta) before any, and after an evaluation
-  /// forward). Separate sets: MACs * E[w] * E[a] (or params * E[w]), the same expectation.
-  var expected_cost() {
-    const auto& costs = costs_.get("dnas_policy::expected_cost");
-    check_attached();
-    std::vector<var> mw, ma;
-    for (auto& s : state_) {
-      mw.push_back(s.mix_w.defined() ? s.mix_w : autodiff::softmax(s.logits_w));
-      if (!joint()) ma.push_back(s.mix_a.defined() ? s.mix_a : autodiff::softmax(s.logits_a));
-    }
-    const model_desc desc = detail::desc_of(costs);
-    if (joint()) return mixture_cost(desc, mw, o_.pairs, detail::metric_of(kind_));
-    return expected_bits_cost(desc, mw, o_.w_bits, ma, o_.a_bits, detail::metric_of(kind_));
-  }
+  /// C = sum_l sum_k p[l][k] cost(l, k) with p = softmax(theta): the expected cost of a
+  /// configuration drawn from the learned distribution, in the unit of the last budget seen.
+  /// Separate sets: MACs * E[w] * E[a] (or params * E[w]), the same expectation.
+  var expected_cost() { return cost_under(false, "dnas_policy::expected_cost"); }
+
+  /// The paper's relaxed cost: the same sum with m the mixture weights of the last forward
+  /// (the Gumbel samples of a training forward; softmax(theta) before any, and after an
+  /// evaluation forward). search_loss() uses this one.
+  var sampled_cost() { return cost_under(true, "dnas_policy::sampled_cost"); }
 
   /// CE * beta * (log(C / cost_unit))^gamma. budget_error when b is below the all-minimum cost.
   var search_loss(const var& task_loss, const budget& b) {
@@ -207,7 +202,7 @@ class dnas_policy : public nn::precision_policy {
     const auto& costs = costs_.get("dnas_policy::search_loss");
     b.check_feasible(costs, min_w(), min_a());
     const double unit = o_.cost_unit > 0 ? o_.cost_unit : min_cost(costs) / std::numbers::e;
-    const var ratio = autodiff::mul(expected_cost(), float(1.0 / unit));
+    const var ratio = autodiff::mul(sampled_cost(), float(1.0 / unit));
     const var factor = autodiff::mul(autodiff::pow(autodiff::log(ratio), o_.gamma), o_.beta);
     return autodiff::mul(task_loss, factor);
   }
@@ -279,6 +274,19 @@ class dnas_policy : public nn::precision_policy {
     var mix_w, mix_a;  // mixture weights of the last forward
   };
 
+  var cost_under(bool last_mixture, const char* who) {
+    const auto& costs = costs_.get(who);
+    check_attached();
+    std::vector<var> mw, ma;
+    for (auto& s : state_) {
+      mw.push_back(last_mixture && s.mix_w.defined() ? s.mix_w : autodiff::softmax(s.logits_w));
+      if (!joint())
+        ma.push_back(last_mixture && s.mix_a.defined() ? s.mix_a : autodiff::softmax(s.logits_a));
+    }
+    const model_desc desc = detail::desc_of(costs);
+    if (joint()) return mixture_cost(desc, mw, o_.pairs, detail::metric_of(kind_));
+    return expected_bits_cost(desc, mw, o_.w_bits, ma, o_.a_bits, detail::metric_of(kind_));
+  }
   var act(std::size_t layer, const var& x, const var& alpha, int bits) const {
     return detail::pact_activation(o_.activations, layer, x, alpha, bits);
   }
