@@ -499,7 +499,7 @@ TEST_CASE("ebs forward is the expectation over all (w, a) pairs; dnas mixes its 
 // Search steps: loss goes down, the derived configuration meets the budget
 
 TEST_CASE("a few search steps reduce the loss and derive a configuration within budget") {
-  const batch probe = make_batch(64, 999);
+  const batch probe = make_batch(32, 999);
   const auto costs = tiny_costs();
   const budget search_budget = budget::like_uniform(budget_kind::bitops, costs, 3, 3);
   std::vector<budget> budgets;
@@ -512,10 +512,10 @@ TEST_CASE("a few search steps reduce the loss and derive a configuration within 
   auto run = [&](auto& pol, bool alternating, const char* name) {
     INFO(name);
     tiny_net net(4);
-    search_context ctx = make_context(net);
+    search_context ctx = make_context(net, 7, 3);
     nn::attach_policy(net, pol);
     const double before = eval_loss(net, probe);
-    search_steps(net, pol, search_budget, ctx, 3, alternating);
+    search_steps(net, pol, search_budget, ctx, 2, alternating);
     const double after = eval_loss(net, probe);
     CHECK(after < before);
     for (const budget& b : budgets) {
@@ -525,7 +525,10 @@ TEST_CASE("a few search steps reduce the loss and derive a configuration within 
     }
   };
   {
-    dnas_policy pol;
+    dnas_options o;
+    o.samples = 4;
+    o.eval_batches = 1;
+    dnas_policy pol(o);
     run(pol, true, "dnas, separate sets, sampled choice");
   }
   {
