@@ -32,7 +32,51 @@ namespace data = mixq::data;
 namespace search = mixq::search;
 using mixq::quant::bit_config;
 
+// The differentiable policies, when this build has them (branch diffpol).
+#if __has_include("mixq/search/dnas_policy.hpp") &&              \
+                  __has_include("mixq/search/ebs_policy.hpp") && \
+                                __has_include("mixq/search/fracbits_policy.hpp")
+#include "mixq/search/dnas_policy.hpp"
+#include "mixq/search/ebs_policy.hpp"
+#include "mixq/search/fracbits_policy.hpp"
+#define MIXQ_EXAMPLE_DIFFERENTIABLE 1
+#endif
+
 namespace {
+
+/// Adds dnas, ebs and fracbits to `m` (a map from names to runners) when they exist. Their
+/// candidate bits are --bits; everything else is each policy's default.
+template <class Map>
+void add_differentiable_policies([[maybe_unused]] Map& m) {
+#ifdef MIXQ_EXAMPLE_DIFFERENTIABLE
+  m["dnas"] = [](nn::module& model, const search::search_data& d, const search::budget& b,
+                 search::search_options& o, const auto& s) {
+    search::dnas_options opt;
+    opt.w_bits = opt.a_bits = s.bits;
+    opt.cost_kind = b.kind;
+    opt.seed = s.seed;
+    search::dnas_policy p(opt);
+    return search::run(model, d, p, b, o);
+  };
+  m["ebs"] = [](nn::module& model, const search::search_data& d, const search::budget& b,
+                search::search_options& o, const auto& s) {
+    search::ebs_options opt;
+    opt.w_bits = opt.a_bits = s.bits;
+    opt.cost_kind = b.kind;
+    search::ebs_policy p(opt);
+    return search::run(model, d, p, b, o);
+  };
+  m["fracbits"] = [](nn::module& model, const search::search_data& d, const search::budget& b,
+                     search::search_options& o, const auto& s) {
+    search::fracbits_options opt;
+    opt.min_bits = s.bits.front();
+    opt.max_bits = s.bits.back();
+    opt.cost_kind = b.kind;
+    search::fracbits_policy p(opt);
+    return search::run(model, d, p, b, o);
+  };
+#endif
+}
 
 void standardise(data::dataset& ds) {
   for (auto& v : ds.images) v = (v - 0.2860f) / 0.3530f;
@@ -56,6 +100,7 @@ using policy_runner = std::function<search::search_result(
 /// The policies available in this build. Only those on main/merged branches are listed.
 std::map<std::string, policy_runner> available_policies() {
   std::map<std::string, policy_runner> m;
+  add_differentiable_policies(m);
   m["uniform"] = [](nn::module& model, const search::search_data& d, const search::budget& b,
                     search::search_options& o, const settings& s) {
     std::vector<search::bit_pair> cand;
@@ -323,10 +368,10 @@ int main(int argc, char** argv) {
   const settings s = parse(argc, argv);
   try {
     auto sets = data::fashion_mnist(s.data_dir);
-    standardise(sets.train);
-    standardise(sets.test);
     limit(sets.train, s.limit_train);
     limit(sets.test, s.limit_test);
+    standardise(sets.train);
+    standardise(sets.test);
     std::mt19937 rng(unsigned(s.seed));
     auto net = nn::demo_cnn(10, 1, rng);
 

@@ -3,6 +3,7 @@
 // meet the budget; the JSON result round-trips; bad budgets and inputs raise typed errors.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -198,10 +199,25 @@ void check_phases(const search::search_result& r, const search::search_options& 
 
 }  // namespace
 
-TEST_CASE("signed_input_layers: the first layer reads signed pixels, the second ReLU outputs") {
+TEST_CASE(
+    "input_statistics / signed_input_layers: the first layer reads signed pixels, the second ReLU "
+    "outputs") {
   auto net = tiny_net(1);
   auto d = make_data(6, 1);  // noisy images with negative values
   CHECK(search::signed_input_layers(*net, d.images) == std::vector<std::size_t>{0});
+  // Layer 0 reads the images themselves: its quantiles of |x| are those of the pixels.
+  std::vector<float> pix;
+  for (float v : d.images) pix.push_back(std::fabs(v));
+  std::sort(pix.begin(), pix.end());
+  for (double q : {0.0, 0.5, 0.999, 1.0}) {
+    const auto st = search::input_statistics(*net, d.images, q);
+    REQUIRE(st.size() == 2);
+    CHECK(st[0].has_negative);
+    CHECK_FALSE(st[1].has_negative);
+    CHECK(st[0].abs_quantile == pix[std::size_t(std::llround(q * double(pix.size() - 1)))]);
+    CHECK(st[1].abs_quantile >= 0.0f);
+  }
+  CHECK_THROWS_AS(search::input_statistics(*net, d.images, 1.5), mixq::value_error);
   for (auto& v : d.images) v = std::fabs(v);
   CHECK(search::signed_input_layers(*net, d.images).empty());
   for (auto* l : nn::quantized_layers(*net)) CHECK(l->policy() == nullptr);
@@ -237,6 +253,8 @@ TEST_CASE("run: uniform policy through every phase, config and figures, JSON rou
     REQUIRE(fp != nullptr);
     CHECK(fp->config() == r.config);
     CHECK(fp->options().two_sided_layers == std::vector<std::size_t>{0});
+    CHECK(fp->options().weights == nn::weight_quantizer::uniform_symmetric);
+    CHECK(fp->alpha(0).value()[0] > 0.0f);
     std::size_t warm = 0, fine = 0;
     for (const auto& e : r.epochs) (e.phase == "warmup" ? warm : fine) += 1;
     CHECK(warm == o.warmup_epochs);

@@ -2,7 +2,8 @@
 // differentiable_policy or allocation_policy through the same phases (warm-up, search, derive,
 // finetune at the fixed config), with the training loop's progress display, and returns a
 // search_result (config, cost figures, accuracy and time per phase). Also
-// signed_input_layers(): which quantized layers read signed inputs (for two-sided PACT).
+// input_statistics() / signed_input_layers(): the sign and range of each quantized layer's
+// input (two-sided PACT, initial clip levels).
 #pragma once
 
 #include <algorithm>
@@ -35,28 +36,36 @@ namespace mixq::search {
 // ---- signed inputs ---------------------------------------------------------------------------
 
 namespace detail {
-/// Passes everything through unchanged and records which layers saw a negative input.
-class sign_probe_policy : public nn::precision_policy {
+/// Passes everything through unchanged and records each layer's input values.
+class input_probe_policy : public nn::precision_policy {
  public:
-  std::vector<std::size_t> negative;
+  std::vector<std::vector<float>> inputs;
+  void on_attach(std::span<nn::quantized_layer* const> layers) override {
+    inputs.assign(layers.size(), {});
+  }
   autodiff::var quantize_weights(std::size_t, const autodiff::var& w) override { return w; }
   autodiff::var quantize_activations(std::size_t layer, const autodiff::var& x) override {
-    const auto& v = x.value();
-    if (std::any_of(v.begin(), v.end(), [](float f) { return f < 0.0f; }) &&
-        std::find(negative.begin(), negative.end(), layer) == negative.end())
-      negative.push_back(layer);
+    inputs.at(layer).assign(x.value().begin(), x.value().end());
     return x;
   }
 };
 }  // namespace detail
 
-/// The quantized layers (by index) whose input has negative values on `images` (e.g. the
-/// first conv reading standardised pixels): their activation quantizers need a signed range
-/// (nn::fixed_policy_options::two_sided_layers). One forward in eval mode without a graph;
-/// the model is left detached from any precision policy.
-inline std::vector<std::size_t> signed_input_layers(nn::module& model,
-                                                    const autodiff::ftensor& images) {
-  detail::sign_probe_policy probe;
+/// Per quantized layer, what its input looked like on one batch.
+struct layer_input_stats {
+  bool has_negative = false;  // some input value < 0 (a signed range is needed)
+  float abs_quantile = 0;     // the requested quantile of |input|
+};
+
+/// Input statistics of every quantized layer on `images` (one forward in eval mode without a
+/// graph; the model is left detached from any precision policy). `quantile` in [0, 1].
+inline std::vector<layer_input_stats> input_statistics(nn::module& model,
+                                                       const autodiff::ftensor& images,
+                                                       double quantile = 0.999) {
+  if (!(quantile >= 0 && quantile <= 1))
+    throw value_error(
+        mixq::detail::cat("input_statistics: quantile ", quantile, "; expected 0..1"));
+  detail::input_probe_policy probe;
   nn::attach_policy(model, probe);
   const bool was_training = model.is_training();
   model.eval();
@@ -70,8 +79,29 @@ inline std::vector<std::size_t> signed_input_layers(nn::module& model,
   }
   nn::detach_policy(model);
   model.train(was_training);
-  std::sort(probe.negative.begin(), probe.negative.end());
-  return probe.negative;
+  std::vector<layer_input_stats> out(probe.inputs.size());
+  for (std::size_t l = 0; l < out.size(); ++l) {
+    auto& v = probe.inputs[l];
+    if (v.empty()) continue;
+    out[l].has_negative = std::any_of(v.begin(), v.end(), [](float f) { return f < 0.0f; });
+    for (auto& f : v) f = std::fabs(f);
+    const auto k = std::size_t(std::llround(quantile * double(v.size() - 1)));
+    std::nth_element(v.begin(), v.begin() + std::ptrdiff_t(k), v.end());
+    out[l].abs_quantile = v[k];
+  }
+  return out;
+}
+
+/// The quantized layers (by index) whose input has negative values on `images` (e.g. the
+/// first conv reading standardised pixels): their activation quantizers need a signed range
+/// (nn::fixed_policy_options::two_sided_layers).
+inline std::vector<std::size_t> signed_input_layers(nn::module& model,
+                                                    const autodiff::ftensor& images) {
+  std::vector<std::size_t> out;
+  const auto st = input_statistics(model, images);
+  for (std::size_t l = 0; l < st.size(); ++l)
+    if (st[l].has_negative) out.push_back(l);
+  return out;
 }
 
 // ---- data -----------------------------------------------------------------------------------
@@ -188,8 +218,19 @@ struct search_options {
   /// Recorded in the result ("uniform", "dnas", ...).
   std::string policy_name = "policy";
   /// The finetune's precision policy; empty: nn::fixed_policy (DoReFa weights, PACT
-  /// activations; two-sided PACT on the layers signed_input_layers() finds).
+  /// activations; two-sided PACT on the layers with signed inputs, each alpha initialised to
+  /// the 99.9% quantile of |input| on one training batch; see input_statistics()).
   fixed_policy_factory make_fixed_policy;
+  /// Settings of the default finetune policy (two_sided_layers is filled in by the driver).
+  /// Per-channel symmetric weights by default: unlike DoReFa's tanh normalisation they keep
+  /// a trained model's weight scale, so the batch-norm statistics still fit at the start.
+  nn::fixed_policy_options fixed_options = default_fixed_options();
+
+  static nn::fixed_policy_options default_fixed_options() {
+    nn::fixed_policy_options f;
+    f.weights = nn::weight_quantizer::uniform_symmetric;
+    return f;
+  }
   std::ostream* out = &std::cerr;  // progress and phase lines; nullptr: silent
   int interactive = -1;            // progress bar redraws: -1 detect a terminal, 0 off, 1 on
 };
@@ -442,9 +483,16 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
       << "% of the budget)\n";
 
   // 4. finetune at the fixed config
-  const std::vector<std::size_t> signed_layers = o.make_fixed_policy
-                                                     ? std::vector<std::size_t>{}
-                                                     : signed_input_layers(model, train[0].images);
+  // The default finetune policy starts from the inputs' ranges: two-sided PACT where inputs
+  // are signed, alpha = the 99.9% quantile of |input| (PACT's fixed initial alphas, 8 and 10,
+  // would round the small activations of a trained model to 0 at 2 bits).
+  std::vector<layer_input_stats> input_stats;
+  std::vector<std::size_t> signed_layers;
+  if (!o.make_fixed_policy) {
+    input_stats = input_statistics(model, train[0].images);
+    for (std::size_t l = 0; l < input_stats.size(); ++l)
+      if (input_stats[l].has_negative) signed_layers.push_back(l);
+  }
   std::shared_ptr<nn::precision_policy> fixed;
   nn::precision_policy* active = nullptr;
   auto attach_config = [&](const bit_config& c) {
@@ -455,9 +503,14 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
       if (o.make_fixed_policy) {
         fixed = std::shared_ptr<nn::precision_policy>(o.make_fixed_policy(c));
       } else {
-        nn::fixed_policy_options fo;
+        nn::fixed_policy_options fo = o.fixed_options;
         fo.two_sided_layers = signed_layers;
-        fixed = std::make_shared<nn::fixed_policy>(c, fo);
+        auto fp = std::make_shared<nn::fixed_policy>(c, fo);
+        fixed = fp;
+        nn::attach_policy(model, *fp);  // creates the alphas
+        for (std::size_t l = 0; l < input_stats.size(); ++l)
+          if (input_stats[l].abs_quantile > 0 && fo.activations == nn::activation_quantizer::pact)
+            fp->alpha(l).value()[0] = input_stats[l].abs_quantile;
       }
       if (!fixed) throw value_error("search::run: make_fixed_policy returned no policy");
       active = fixed.get();

@@ -158,7 +158,9 @@ struct search_context {
 ///  - on_search_epoch(c, epoch, epochs): called before each search epoch (temperature
 ///    annealing, FracBits' bisection at 80%, ...).
 ///  - derive(c, b): the discrete config at the end of the search; the driver checks that
-///    b admits it (budget_error otherwise).
+///    b admits it (budget_error otherwise), detaches the policy and finetunes the layers'
+///    own weights at the config, so a policy that trains separate weights per candidate
+///    (DNAS) should copy the chosen candidate's weights into the layers here.
 /// Optional: `search::update_scheme update_scheme() const` to ask for joint instead of
 /// alternating weight / architecture updates (search_options may override).
 template <class P>
