@@ -420,10 +420,10 @@ int main(int argc, char** argv) {
   const settings s = parse(argc, argv);
   try {
     auto sets = data::fashion_mnist(s.data_dir);
-    standardise(sets.train);
-    standardise(sets.test);
     limit(sets.train, s.limit_train);
     limit(sets.test, s.limit_test);
+    standardise(sets.train);
+    standardise(sets.test);
     std::mt19937 rng(unsigned(s.seed));
     auto net = nn::demo_cnn(10, 1, rng);
 

@@ -1,0 +1,195 @@
+// ebs_policy: EBS mixed-precision search (Li et al., arXiv 2003.07577) as a
+// differentiable_policy: one shared meta weight per layer, softmax strengths over weight and
+// activation candidates, and ONE convolution per layer on the aggregated quantized tensors.
+//
+// [reconstruction] beyond the abstract (algorithms.md §4; it coincides with EdMIPS's verified
+// shared-weight mode, §8):
+//  - strengths s_w[l] over weight bits, s_a[l] over activation bits, r = softmax(s), no noise
+//    (strength_init, default 0.01 as EdMIPS);
+//  - W_hat = sum_i r_w[i] DoReFa_{b_i}(W), X_hat = sum_j r_a[j] PACT_{b_j}(X) (quant::
+//    dorefa_weights, quant::pact with one alpha per layer and activation candidate; the PACT
+//    knobs are nn::fixed_policy's), Y = conv(X_hat, W_hat): one convolution,
+//    equal to the expectation over all (w, a) pairs because the convolution is bilinear;
+//  - expected cost MACs * E[w] * E[a] (BitOps) or params * E[w] (weight bits);
+//  - penalty: absolute (default) kappa * |C - T| / T, or linear (EdMIPS) lambda * C / T, with
+//    T the budget value (dividing by T keeps kappa and lambda scale-free);
+//  - joint single-level updates (update_scheme::joint), as EdMIPS;
+//  - final choice: argmax of the strengths per layer for weights and activations separately;
+//    when that exceeds the budget it is repaired greedily (least log-probability lost per
+//    cost saved), an addition so the driver always receives a config within budget.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "mixq/search/differentiable_common.hpp"
+
+namespace mixq::search {
+
+enum class ebs_penalty { absolute, linear };
+
+struct ebs_options {
+  std::vector<int> w_bits{1, 2, 3, 4, 8};
+  std::vector<int> a_bits{1, 2, 3, 4, 8};
+  float strength_init = 0.01f;
+  pact_settings activations{};
+  ebs_penalty penalty = ebs_penalty::absolute;
+  float kappa = 1.0f;                           // absolute: kappa * |C - T| / T
+  float lambda = 0.1f;                          // linear: lambda * C / T
+  budget_kind cost_kind = budget_kind::bitops;  // unit of expected_cost() before a budget is seen
+};
+
+class ebs_policy : public nn::precision_policy {
+ public:
+  using var = autodiff::var;
+  using ftensor = autodiff::ftensor;
+
+  explicit ebs_policy(ebs_options o = {}) : o_(std::move(o)) {
+    o_.w_bits = detail::checked_candidates(o_.w_bits, "ebs_policy", "weight");
+    o_.a_bits = detail::checked_candidates(o_.a_bits, "ebs_policy", "activation");
+    if (!(o_.kappa >= 0) || !(o_.lambda >= 0) || !std::isfinite(o_.strength_init))
+      throw value_error(detail::cat("ebs_policy: kappa ", o_.kappa, ", lambda ", o_.lambda,
+                                    ", strength_init ", o_.strength_init,
+                                    "; expected kappa, lambda >= 0 and a finite init"));
+    detail::check_pact_settings(o_.activations, "ebs_policy");
+    kind_ = o_.cost_kind;
+  }
+
+  const ebs_options& options() const noexcept { return o_; }
+  search::update_scheme update_scheme() const noexcept { return update_scheme::joint; }
+  void set_layer_costs(std::vector<layer_cost> costs) {
+    costs_.set(std::move(costs), "ebs_policy");
+  }
+
+  void on_attach(std::span<nn::quantized_layer* const> layers) override {
+    detail::check_two_sided(o_.activations, layers.size(), "ebs_policy");
+    costs_.attach(layers);
+    state_.clear();
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      layer_state s;
+      s.s_w = var::parameter(ftensor({o_.w_bits.size()}, o_.strength_init));
+      s.s_a = var::parameter(ftensor({o_.a_bits.size()}, o_.strength_init));
+      for (std::size_t j = 0; j < o_.a_bits.size(); ++j)
+        s.alphas.push_back(detail::initial_alpha(o_.activations, *layers[l]));
+      state_.push_back(std::move(s));
+    }
+  }
+
+  /// W_hat = sum_i r_w[i] Q_{w_i}(W) (the meta weight is the layer's own weight).
+  var quantize_weights(std::size_t layer, const var& w) override {
+    auto& s = at(layer);
+    const var r = autodiff::softmax(s.s_w);
+    var out;
+    for (std::size_t i = 0; i < o_.w_bits.size(); ++i) {
+      const var t = autodiff::mul(detail::dorefa_weight(w, o_.w_bits[i]), detail::element(r, i));
+      out = i ? autodiff::add(out, t) : t;
+    }
+    return out;
+  }
+  /// X_hat = sum_j r_a[j] PACT_{a_j}(X).
+  var quantize_activations(std::size_t layer, const var& x) override {
+    auto& s = at(layer);
+    const var r = autodiff::softmax(s.s_a);
+    var out;
+    for (std::size_t j = 0; j < o_.a_bits.size(); ++j) {
+      const var t = autodiff::mul(
+          detail::pact_activation(o_.activations, layer, x, s.alphas[j], o_.a_bits[j]),
+          detail::element(r, j));
+      out = j ? autodiff::add(out, t) : t;
+    }
+    return out;
+  }
+  // forward(): the precision_policy default, one layer.compute() on the two aggregates.
+
+  std::vector<var> parameters() override {
+    std::vector<var> out;
+    for (auto& s : state_) out.insert(out.end(), s.alphas.begin(), s.alphas.end());
+    return out;
+  }
+  std::vector<var> architecture_parameters() override {
+    std::vector<var> out;
+    for (auto& s : state_) {
+      out.push_back(s.s_w);
+      out.push_back(s.s_a);
+    }
+    return out;
+  }
+
+  /// sum_l MACs_l E[w_l] E[a_l] (BitOps) or sum_l params_l E[w_l] (weight bits).
+  var expected_cost() {
+    const auto& costs = costs_.get("ebs_policy::expected_cost");
+    check_attached();
+    std::vector<var> pw, pa;
+    for (auto& s : state_) {
+      pw.push_back(autodiff::softmax(s.s_w));
+      pa.push_back(autodiff::softmax(s.s_a));
+    }
+    return expected_bits_cost(detail::desc_of(costs), pw, o_.w_bits, pa, o_.a_bits,
+                              detail::metric_of(kind_));
+  }
+
+  /// CE + kappa |C - T| / T (absolute) or CE + lambda C / T (linear).
+  var search_loss(const var& task_loss, const budget& b) {
+    kind_ = b.kind;
+    b.check_feasible(costs_.get("ebs_policy::search_loss"), o_.w_bits.front(), o_.a_bits.front());
+    const var rel = autodiff::mul(expected_cost(), float(1.0 / b.value));
+    const var pen = o_.penalty == ebs_penalty::absolute
+                        ? autodiff::mul(autodiff::abs(autodiff::add(rel, -1.0f)), o_.kappa)
+                        : autodiff::mul(rel, o_.lambda);
+    return autodiff::add(task_loss, pen);
+  }
+
+  void on_search_epoch(const search_context& c, std::size_t epoch, std::size_t epochs) {
+    (void)epoch, (void)epochs;
+    if (!c.costs.empty()) costs_.set(c.costs, "ebs_policy");
+  }
+
+  /// Argmax per layer of the weight and activation strengths, repaired to the budget if needed.
+  bit_config derive(const search_context& c, const budget& b) {
+    kind_ = b.kind;
+    if (!c.costs.empty()) costs_.set(c.costs, "ebs_policy");
+    const auto& costs = costs_.get("ebs_policy::derive");
+    check_attached();
+    b.check_feasible(costs, o_.w_bits.front(), o_.a_bits.front());
+    std::vector<std::vector<detail::layer_choice>> choices;
+    std::vector<std::size_t> best;
+    for (const auto& s : state_) {
+      const auto lw = detail::log_probs(s.s_w.value().span());
+      const auto la = detail::log_probs(s.s_a.value().span());
+      std::vector<detail::layer_choice> ch;
+      for (std::size_t i = 0; i < o_.w_bits.size(); ++i)
+        for (std::size_t j = 0; j < o_.a_bits.size(); ++j)
+          ch.push_back({o_.w_bits[i], o_.a_bits[j], lw[i] + la[j]});
+      best.push_back(detail::argmax(s.s_w.value().span()) * o_.a_bits.size() +
+                     detail::argmax(s.s_a.value().span()));
+      choices.push_back(std::move(ch));
+    }
+    return detail::config_of(choices,
+                             detail::repair_to_budget(choices, best, costs, b, "ebs_policy"));
+  }
+
+ private:
+  struct layer_state {
+    var s_w, s_a;
+    std::vector<var> alphas;
+  };
+  layer_state& at(std::size_t l) {
+    if (l >= state_.size())
+      throw shape_error(detail::cat("ebs_policy: layer ", l, " of ", state_.size(),
+                                    "; attach the policy to the model first"));
+    return state_[l];
+  }
+  void check_attached() const {
+    if (state_.empty())
+      throw value_error("ebs_policy: not attached to a model; call nn::attach_policy first");
+  }
+
+  ebs_options o_;
+  std::vector<layer_state> state_;
+  detail::layer_cost_cache costs_;
+  budget_kind kind_ = budget_kind::bitops;
+};
+
+static_assert(differentiable_policy<ebs_policy>);
+
+}  // namespace mixq::search
