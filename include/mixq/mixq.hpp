@@ -8,3 +8,4 @@
 #include "mixq/nn.hpp"
 #include "mixq/quant.hpp"
 #include "mixq/search.hpp"
+#include "mixq/deploy.hpp"
