@@ -220,8 +220,13 @@ void BM_gemm_f32(benchmark::State& state, std::size_t threads) {
   set_rates(state, double(M) * N * K, 0, 0);
 }
 
-/// mixq's int8 path on bytes (u8 x s8, the same operands as dnnl_gemm_u8s8s32).
-void BM_gemm_u8s8s32(benchmark::State& state) {
+/// mixq's int8 path on bytes (u8 x s8, the same operands as dnnl_gemm_u8s8s32): W packed per
+/// call (prepacked = false, the plain-rows entry) or once outside the loop (prepacked = true).
+void BM_gemm_u8s8s32(benchmark::State& state, bool prepacked, mk::isa path) {
+  if (!mk::isa_supported(path)) {
+    state.SkipWithError("path not supported by this CPU");
+    return;
+  }
   const std::size_t M = state.range(0), N = state.range(1), K = state.range(2);
   std::mt19937 rng(3);
   std::vector<std::uint8_t> A(M * K);
@@ -229,9 +234,14 @@ void BM_gemm_u8s8s32(benchmark::State& state) {
   for (auto& x : A) x = std::uint8_t(rng() & 15);
   for (auto& x : B) x = std::int8_t(int(rng() % 15) - 7);
   std::vector<std::int32_t> C(M * N);
-  state.SetLabel(mk::has_avx512_vnni() ? "avx512_vnni" : "portable");
+  const mk::gemm_options opt{1, path};
+  state.SetLabel(mk::int8_gemm_kernel_name(opt));
+  const auto packed = mk::packed_int8_weights::pack(N, K, B.data(), K);
   for (auto _ : state) {
-    mk::gemm_u8s8s32(M, N, K, A.data(), K, B.data(), K, C.data(), N);
+    if (prepacked)
+      mk::gemm_u8s8s32(M, A.data(), K, packed, C.data(), N, opt);
+    else
+      mk::gemm_u8s8s32(M, N, K, A.data(), K, B.data(), K, C.data(), N, opt);
     benchmark::DoNotOptimize(C.data());
   }
   set_rates(state, double(M) * N * K, 0, 0);
@@ -350,7 +360,14 @@ const bool registered = [] {
     apply_sizes(benchmark::RegisterBenchmark(("lowbit_gemm" + tag).c_str(), BM_planes, w, a, true),
                 false);
   }
-  apply_sizes(benchmark::RegisterBenchmark("gemm_u8s8s32", BM_gemm_u8s8s32), big);
+  apply_sizes(benchmark::RegisterBenchmark("gemm_u8s8s32", BM_gemm_u8s8s32, false, mk::best_isa()),
+              big);
+  apply_sizes(
+      benchmark::RegisterBenchmark("gemm_u8s8s32/prepacked", BM_gemm_u8s8s32, true, mk::best_isa()),
+      big);
+  apply_sizes(benchmark::RegisterBenchmark("gemm_u8s8s32/prepacked/avx2", BM_gemm_u8s8s32, true,
+                                           mk::isa::avx2),
+              false);
   for (mk::isa path : {mk::isa::avx2, mk::isa::portable})
     apply_sizes(benchmark::RegisterBenchmark(
                     (std::string("bitserial_gemm/w1a1/") + mk::isa_name(path)).c_str(),

@@ -130,7 +130,8 @@ MIXQ_AVX512_BITSERIAL_TARGET inline void bitserial_tile_avx512_vpopcntdq(
   for (int i = 0; i < MR; ++i) {
     if (i >= mr) break;
     const bool row_start = i == 0 || crow[i - 1] != crow[i];
-    const bool row_end = i + 1 >= mr || crow[i + 1] != crow[i];
+    // (i + 1 >= MR first: g++ -O2 cannot see that mr <= MR and warns about crow[MR].)
+    const bool row_end = i + 1 >= MR || i + 1 >= mr || crow[i + 1] != crow[i];
     if (row_start) i0 = i;
 #pragma GCC unroll 32
     for (int j = 0; j < NV; ++j) {
@@ -147,7 +148,7 @@ MIXQ_AVX512_BITSERIAL_TARGET inline void bitserial_tile_avx512_vpopcntdq(
     for (int j = 0; j < NV; ++j) {
       if (j >= nv) break;
       const bool block_start = j == 0 || n0[j - 1] != n0[j];
-      const bool block_end = j + 1 >= nv || n0[j + 1] != n0[j];
+      const bool block_end = j + 1 >= NV || j + 1 >= nv || n0[j + 1] != n0[j];
       if (block_start) j0 = j;
       sum = block_start ? pend[j] : _mm256_add_epi32(sum, pend[j]);
       if (!block_end) continue;
