@@ -343,18 +343,21 @@ MIXQ_AVX512_BITSERIAL_TARGET inline void run_bitserial_gemm_avx512(const bitplan
   std::vector<std::size_t> ra(RA), nstart(RV);
   std::vector<__mmask8> lanes(RV);
   std::vector<std::uint8_t> a_first(RA), v_first(RV);
-  for (std::size_t r = 0; r < RA; ++r) {
-    wa[r] = plane_weight_of(A.type, int(r % ba));
-    ra[r] = r / ba;
-    a_first[r] = r % ba == 0;
-  }
-  for (std::size_t v = 0; v < RV; ++v) {
-    wv[v] = plane_weight_of(W.type, int(v % bw));
-    nstart[v] = v / bw * 8;
-    v_first[v] = v % bw == 0;
-    const std::size_t valid = std::min<std::size_t>(8, N - nstart[v]);
-    lanes[v] = static_cast<__mmask8>((1u << valid) - 1u);
-  }
+  // (Nested loops, not r / ba and r % ba: a division per plane row shows on small GEMMs.)
+  for (std::size_t m = 0, r = 0; m < M; ++m)
+    for (std::size_t p = 0; p < ba; ++p, ++r) {
+      wa[r] = plane_weight_of(A.type, int(p));
+      ra[r] = m;
+      a_first[r] = p == 0;
+    }
+  for (std::size_t b = 0, v = 0; v < RV; ++b)
+    for (std::size_t q = 0; q < bw; ++q, ++v) {
+      wv[v] = plane_weight_of(W.type, int(q));
+      nstart[v] = b * 8;
+      v_first[v] = q == 0;
+      const std::size_t valid = std::min<std::size_t>(8, N - nstart[v]);
+      lanes[v] = static_cast<__mmask8>((1u << valid) - 1u);
+    }
 
   // K block: up to 2048 words (128 KiB of interleaved W per vector row is too much for L2, so
   // the W block shrinks to keep about 512 KiB of it in L2).
