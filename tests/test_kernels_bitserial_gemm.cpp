@@ -273,3 +273,24 @@ TEST_CASE("thread pool survives resizing between tasks") {
     for (int h : hits) CHECK(h == 1);
   }
 }
+
+TEST_CASE("whole-output tiles and their tails: every qtype pair, N past several 32-output tiles") {
+  // N = 70 and 37 give full 4-vector tiles plus 1..3-vector and ragged-lane tails; M * bits is
+  // not a multiple of the 6-row tile; M < N splits the threads over W blocks.
+  std::mt19937 rng(5);
+  int bad = 0;
+  for (bitwidth at : all_bitwidths())
+    for (bitwidth wt : all_bitwidths()) {
+      bad += check_shape(at, wt, 13, 70, 130, fill::random, rng);
+      bad += check_shape(at, wt, 5, 37, 64, fill::min_max, rng, 2);
+    }
+  for (auto [at, wt] : {std::pair{bitwidth{1, false}, bitwidth{1, true}},
+                        {bitwidth{2, false}, bitwidth{1, true}},
+                        {bitwidth{2, false}, bitwidth{2, true}},
+                        {bitwidth{3, true}, bitwidth{1, false}},
+                        {bitwidth{1, true}, bitwidth{4, true}}}) {
+    bad += check_shape(at, wt, 2, 33, 140000, fill::random, rng);  // two K blocks of 2048 words
+    bad += check_shape(at, wt, 25, 96, 1000, fill::all_max, rng);
+  }
+  CHECK(bad == 0);
+}

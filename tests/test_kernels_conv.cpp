@@ -323,3 +323,57 @@ TEST_CASE("bitserial_conv2d rejects bad input with typed errors") {
   CHECK_THROWS_AS(mk::packed_conv_weights<WT>::pack(wbad, mk::weight_layout::ohwi),
                   mixq::value_error);
 }
+
+TEST_CASE("bitserial_conv2d with channels in whole 64-bit words (the word-copy packing)") {
+  std::mt19937 rng(13);
+  for (bitwidth a : all_bitwidths())
+    for (bitwidth w : all_bitwidths()) {
+      conv_case c;  // 3x3, padded, 64 channels: whole-word fragments, padded taps zeroed
+      c.h = 3, c.w = 4, c.cin = 64, c.cout = 3, c.p.pad_h = 1, c.p.pad_w = 2;
+      c.p.activation_zero_point = random_zero_point(a, rng);
+      check_runtime(a, w, c, rng);
+    }
+  const std::vector<std::pair<bitwidth, bitwidth>> pairs = {
+      {{1, true}, {1, true}}, {{2, false}, {2, true}}, {{8, true}, {8, false}}};
+  for (auto [a, w] : pairs) {
+    conv_case c;  // groups of 64 channels, stride 2, dilation 2, batch 2
+    c.batch = 2, c.h = 7, c.w = 6, c.cin = 128, c.cout = 4, c.p.groups = 2;
+    c.p.pad_h = c.p.pad_w = 3, c.p.stride_h = c.p.stride_w = 2, c.p.dilation_h = 2;
+    c.p.padding_value = random_zero_point(a, rng);
+    check_runtime(a, w, c, rng);
+    conv_case d;  // 1x1 kernel, 192 channels (3 words), no padding
+    d.kh = d.kw = 1, d.h = 5, d.w = 3, d.cin = 192, d.cout = 9;
+    check_runtime(a, w, d, rng);
+  }
+}
+
+TEST_CASE("pack_conv_activations reuses a planes buffer: stale bits never leak into padded taps") {
+  std::mt19937 rng(15);
+  using AT = mixq::qint<3>;
+  using WT = mixq::qint<2>;
+  for (std::size_t cin : {std::size_t(64), std::size_t(33)}) {
+    tensor<std::int8_t> w({5, 3, 3, cin}, mixq::test::random_values<WT>(5 * 9 * cin, rng));
+    const auto pw = mk::packed_conv_weights<WT>::pack(w, mk::weight_layout::ohwi);
+    mk::conv_activation_planes<AT> planes;
+    for (int round = 0; round < 2; ++round) {
+      // Round 0: a 6x7 image, no padding, all-ones codes, 4x5 outputs; round 1 reuses the
+      // buffer for a 4x5 image padded by 1 (4x5 outputs again), where the padded taps sit on
+      // round 0's set bits.
+      mk::conv2d_params p;
+      p.activation_zero_point = -2;
+      const std::size_t h = round == 0 ? 6 : 4, wd = round == 0 ? 7 : 5;
+      if (round == 1) p.pad_h = p.pad_w = 1;
+      tensor<std::int8_t> x({1, h, wd, cin}, mixq::test::random_values<AT>(h * wd * cin, rng));
+      if (round == 0)
+        for (auto& v : x) v = -1;  // code 0b111
+      const auto g = mk::conv2d_geometry_for(x.shape(), pw, p);
+      mk::pack_conv_activations<AT>(x.span(), g, p.gemm, planes);
+      std::vector<std::int32_t> out(g.output_size());
+      mk::bitserial_conv2d_packed(planes, pw, out, p);
+      const auto ref = mk::reference_conv2d<AT, WT>(x, w, mk::weight_layout::ohwi, p);
+      CAPTURE(cin);
+      CAPTURE(round);
+      CHECK(std::equal(out.begin(), out.end(), ref.begin()));
+    }
+  }
+}

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <random>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "mixq/core/aligned.hpp"
@@ -194,4 +195,94 @@ TEST_CASE("kernel tables: default, text and file round trip, bad files, calibrat
   CHECK(mk::active_kernel_table() == c);
   std::remove(cpath.c_str());
   mk::set_kernel_table(mk::kernel_table::default_table());
+}
+
+TEST_CASE("packed_int8_weights: packed once, reused across calls, every path") {
+  std::mt19937_64 rng(12);
+  int bad = 0;
+  // N = 83: one full 4-block AVX-512 tile plus tails; K = 2100: two K blocks of 512 groups.
+  for (auto [at, wt] : {std::pair{bitwidth{4, false}, bitwidth{4, true}},
+                        {bitwidth{8, true}, bitwidth{8, false}},
+                        {bitwidth{3, true}, bitwidth{1, true}},
+                        {bitwidth{8, false}, bitwidth{2, false}}})
+    for (std::size_t K : {std::size_t(131), std::size_t(2100)}) {
+      const std::size_t N = 83;
+      const operand W(wt, N, K, 0, rng);
+      const auto packed = mk::packed_int8_weights::pack(W.view());
+      CHECK(packed.rows() == N);
+      CHECK(packed.cols() == K);
+      for (std::size_t M : {std::size_t(1), std::size_t(13)}) {
+        const operand A(at, M, K, 0, rng);
+        std::vector<std::int32_t> ref(M * N), got(M * N);
+        mk::bitserial_gemm_reference(A.view(), W.view(), std::span<std::int32_t>(ref));
+        for (mk::isa path : supported_paths()) {
+          std::fill(got.begin(), got.end(), -5);
+          mk::int8_gemm(A.view(), packed, std::span<std::int32_t>(got), {1, path});
+          CAPTURE(at.name());
+          CAPTURE(wt.name());
+          CAPTURE(K);
+          CAPTURE(M);
+          CAPTURE(mk::int8_gemm_kernel_name({1, path}));
+          CHECK(got == ref);
+          bad += got != ref;
+        }
+      }
+    }
+  CHECK(bad == 0);
+}
+
+TEST_CASE("packed_int8_weights from bytes: gemm_u8s8s32 with strides, kernels per path") {
+  std::mt19937 rng(13);
+  for (auto [M, N, K] : {std::array<std::size_t, 3>{13, 83, 2100}, {7, 16, 8}, {1, 33, 5}}) {
+    const std::size_t lda = K + 5, ldw = K + 2, ldc = N + 1;
+    std::vector<std::uint8_t> A(M * lda);
+    std::vector<std::int8_t> W(N * ldw);
+    for (auto& x : A) x = std::uint8_t(rng());
+    for (auto& x : W) x = std::int8_t(rng());
+    const auto packed = mk::packed_int8_weights::pack(N, K, W.data(), ldw);
+    for (std::size_t n = 0; n < N; ++n) {
+      std::int64_t s = 0;
+      for (std::size_t k = 0; k < K; ++k) s += W[n * ldw + k];
+      CHECK(packed.row_sum(n) == s);
+    }
+    for (mk::isa path : supported_paths()) {
+      std::vector<std::int32_t> C(M * ldc, 99);
+      mk::gemm_u8s8s32(M, A.data(), lda, packed, C.data(), ldc, {1, path});
+      int bad = 0;
+      for (std::size_t m = 0; m < M; ++m) {
+        for (std::size_t n = 0; n < N; ++n) {
+          std::int32_t s = 0;
+          for (std::size_t k = 0; k < K; ++k) s += std::int32_t(A[m * lda + k]) * W[n * ldw + k];
+          bad += C[m * ldc + n] != s;
+        }
+        bad += C[m * ldc + N] != 99;
+      }
+      CAPTURE(mk::int8_gemm_kernel_name({1, path}));
+      CHECK(bad == 0);
+    }
+  }
+  // The kernel each path takes on this CPU.
+  CHECK(std::string(mk::int8_gemm_kernel_name({1, mk::isa::portable})) == "portable");
+  if (mk::isa_supported(mk::isa::avx2))
+    CHECK(std::string(mk::int8_gemm_kernel_name({1, mk::isa::avx2})) ==
+          (mk::has_avx_vnni() ? "avx_vnni" : "portable"));
+  if (mk::isa_supported(mk::isa::avx512_vpopcntdq) && mk::has_avx512_vnni())
+    CHECK(std::string(mk::int8_gemm_kernel_name({1, mk::isa::avx512_vpopcntdq})) == "avx512_vnni");
+}
+
+TEST_CASE("packed_int8_weights bad inputs") {
+  std::vector<std::int8_t> w(40);
+  CHECK_THROWS_AS(mk::packed_int8_weights::pack(4, 10, w.data(), 9), mixq::shape_error);
+  const auto packed = mk::packed_int8_weights::pack(4, 10, w.data(), 10);
+  std::vector<std::uint8_t> a(30);
+  std::vector<std::int32_t> c(12), small(11);
+  CHECK_THROWS_AS(mk::gemm_u8s8s32(3, a.data(), 9, packed, c.data(), 4), mixq::shape_error);
+  CHECK_THROWS_AS(mk::gemm_u8s8s32(3, a.data(), 10, packed, c.data(), 3), mixq::shape_error);
+  const mixq::bitplane_matrix<mixq::qint<2>> A(3, 10), A2(3, 11);
+  CHECK_THROWS_AS(mk::int8_gemm(A2, packed, std::span<std::int32_t>(c)), mixq::shape_error);
+  CHECK_THROWS_AS(mk::int8_gemm(A, packed, std::span<std::int32_t>(small)), mixq::shape_error);
+  mk::bitplane_view bad(A);
+  bad.type.bits = 9;
+  CHECK_THROWS_AS(mk::int8_gemm(bad, packed, std::span<std::int32_t>(c)), mixq::bits_error);
+  CHECK_THROWS_AS(mk::packed_int8_weights::pack(bad), mixq::bits_error);
 }

@@ -31,7 +31,7 @@ inline const char* isa_name(isa i) noexcept {
 /// CPU features the kernels care about, read once.
 struct cpu_features {
   bool avx2 = false, fma = false, avx512f = false, avx512bw = false, avx512vl = false,
-       avx512_vpopcntdq = false, avx512_vnni = false;
+       avx512_vpopcntdq = false, avx512_vnni = false, avx_vnni = false;
 };
 
 inline const cpu_features& detected_cpu_features() {
@@ -47,6 +47,7 @@ inline const cpu_features& detected_cpu_features() {
     c.avx512vl = __builtin_cpu_supports("avx512vl");
     c.avx512_vpopcntdq = __builtin_cpu_supports("avx512vpopcntdq");
     c.avx512_vnni = __builtin_cpu_supports("avx512vnni");
+    c.avx_vnni = __builtin_cpu_supports("avxvnni");
 #endif
     return c;
   }();
@@ -109,6 +110,12 @@ inline isa active_isa() noexcept {
 inline bool has_avx512_vnni() noexcept {
   const cpu_features& f = detected_cpu_features();
   return f.avx512f && f.avx512bw && f.avx512_vnni;
+}
+
+/// Whether the AVX-VNNI int8 path (VEX-encoded 256-bit vpdpbusd) can run.
+inline bool has_avx_vnni() noexcept {
+  const cpu_features& f = detected_cpu_features();
+  return f.avx2 && f.avx_vnni;
 }
 
 }  // namespace mixq::kernels

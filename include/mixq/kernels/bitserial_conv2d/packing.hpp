@@ -247,6 +247,35 @@ void pack_conv_activations(std::span<const typename AT::storage_type> input,
             const std::size_t n = m / (g.out_h * g.out_w), rem = m % (g.out_h * g.out_w);
             const std::size_t oh = rem / g.out_w, ow = rem % g.out_w;
             std::uint64_t* row = out.bits.data() + (grp * M + m) * B * wpp;
+            if (cin_g % 64 == 0) {
+              // Whole-word fragments: each tap is a plain word copy (or zeros when padded), so
+              // the row needs no clearing pass and no read-modify-write. Geometry in locals and
+              // copies as word loops: the stores would otherwise make the compiler reload every
+              // geometry field and call memcpy for two words per tap.
+              const std::size_t kh = g.kernel_h, kw = g.kernel_w, in_h = g.in_h, in_w = g.in_w;
+              const std::size_t fw = frag_words, groups = g.groups, taps_words = kh * kw * fw;
+              const std::uint64_t* frag_base = frag.data();
+              for (std::size_t ky = 0; ky < kh; ++ky) {
+                const std::ptrdiff_t y = g.in_y(oh, ky);
+                const bool row_inside = y >= 0 && std::size_t(y) < in_h;
+                for (std::size_t kx = 0; kx < kw; ++kx) {
+                  const std::ptrdiff_t x = g.in_x(ow, kx);
+                  const std::size_t at = (ky * kw + kx) * fw;
+                  if (!row_inside || x < 0 || std::size_t(x) >= in_w) {
+                    for (int p = 0; p < B; ++p)
+                      for (std::size_t i = 0; i < fw; ++i) row[p * wpp + at + i] = 0;
+                    continue;
+                  }
+                  const std::size_t px = (n * in_h + std::size_t(y)) * in_w + std::size_t(x);
+                  const std::uint64_t* src = frag_base + (px * groups + grp) * B * fw;
+                  for (int p = 0; p < B; ++p)
+                    for (std::size_t i = 0; i < fw; ++i) row[p * wpp + at + i] = src[p * fw + i];
+                }
+              }
+              for (int p = 0; p < B; ++p)
+                for (std::size_t i = taps_words; i < wpp; ++i) row[p * wpp + i] = 0;
+              continue;
+            }
             std::memset(row, 0, B * wpp * 8);
             for (std::size_t ky = 0; ky < g.kernel_h; ++ky) {
               const std::ptrdiff_t y = g.in_y(oh, ky);

@@ -4,6 +4,10 @@
 // Counters: bit-MACs/s (MACs * w_bits * a_bits / s), effective MAC/s, and speedup_vs_f32, the
 // float convolution's time on the same layer measured in the same process divided by this
 // benchmark's time. Three variants: total (packing included), packing alone, product alone.
+// When oneDNN is found at build time, its convolution (f32 and u8 x s8 -> s32, one OpenMP
+// thread, NHWC activations, weights in the layout oneDNN picks, reordered once outside the
+// timing) runs on the same layers, and the bit-serial totals report speedup_vs_dnnl_f32 and
+// speedup_vs_dnnl_int8 from those times.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -12,6 +16,11 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#if defined(MIXQ_BENCH_DNNL)
+#include <oneapi/dnnl/dnnl.hpp>
+extern "C" void omp_set_num_threads(int);
+#endif
 
 #include "mixq/kernels/bitserial_conv2d.hpp"
 #include "mixq/kernels/conv2d_f32.hpp"
@@ -90,6 +99,84 @@ double f32_seconds(const layer& l) {
   return cache[l.name] = best;
 }
 
+#if defined(MIXQ_BENCH_DNNL)
+/// oneDNN's forward-inference convolution on layer l (f32, or u8 activations x s8 weights ->
+/// s32), one thread; activations and output NHWC, weights in the primitive's own layout.
+struct dnnl_conv {
+  dnnl::engine eng{dnnl::engine::kind::cpu, 0};
+  dnnl::stream strm{eng};
+  dnnl::convolution_forward conv;
+  dnnl::memory src, wei, dst;
+  std::string impl;
+
+  dnnl_conv(const layer& l, bool int8) {
+    using namespace dnnl;
+    using dt = memory::data_type;
+    using tag = memory::format_tag;
+    omp_set_num_threads(1);
+    const memory::dim S = l.stride, P = l.pad, K = l.k, G = l.groups;
+    const memory::dim OH = (memory::dim(l.h) + 2 * P - K) / S + 1;
+    const memory::dim OW = (memory::dim(l.w) + 2 * P - K) / S + 1;
+    const memory::dims src_dims{1, memory::dim(l.cin), memory::dim(l.h), memory::dim(l.w)};
+    const memory::dims dst_dims{1, memory::dim(l.cout), OH, OW};
+    const memory::dims wei_dims =
+        G > 1 ? memory::dims{G, memory::dim(l.cout) / G, memory::dim(l.cin) / G, K, K}
+              : memory::dims{memory::dim(l.cout), memory::dim(l.cin), K, K};
+    const memory::desc src_md(src_dims, int8 ? dt::u8 : dt::f32, tag::nhwc);
+    const memory::desc dst_md(dst_dims, int8 ? dt::s32 : dt::f32, tag::nhwc);
+    const memory::desc wei_md(wei_dims, int8 ? dt::s8 : dt::f32, tag::any);
+    const convolution_forward::desc d(prop_kind::forward_inference, algorithm::convolution_direct,
+                                      src_md, wei_md, dst_md, {S, S}, {P, P}, {P, P});
+    const convolution_forward::primitive_desc pd(d, eng);
+    impl = pd.impl_info_str();
+    conv = convolution_forward(pd);
+    src = memory(pd.src_desc(), eng);
+    wei = memory(pd.weights_desc(), eng);
+    dst = memory(pd.dst_desc(), eng);
+    fill(src, int8);
+    fill(wei, int8);
+  }
+  static void fill(const dnnl::memory& m, bool int8) {
+    const std::size_t bytes = m.get_desc().get_size();
+    auto* p = static_cast<unsigned char*>(m.get_data_handle());
+    if (int8) {
+      for (std::size_t i = 0; i < bytes; ++i) p[i] = static_cast<unsigned char>(i % 7);
+    } else {
+      auto* f = reinterpret_cast<float*>(p);
+      for (std::size_t i = 0; i < bytes / sizeof(float); ++i) f[i] = 0.25f * float(i % 7) - 0.5f;
+    }
+  }
+  void run() {
+    conv.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
+    strm.wait();
+  }
+};
+
+/// CPU seconds per call of oneDNN's convolution on layer l (best of a few), measured once.
+double dnnl_seconds(const layer& l, bool int8) {
+  static std::map<std::string, double> cache;
+  const std::string key = std::string(l.name) + (int8 ? "/int8" : "/f32");
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  dnnl_conv c(l, int8);
+  c.run();
+  double best = 1e30;
+  for (int rep = 0; rep < 5; ++rep) {
+    const double t0 = cpu_seconds();
+    c.run();
+    best = std::min(best, cpu_seconds() - t0);
+  }
+  return cache[key] = best;
+}
+
+void BM_dnnl_conv(benchmark::State& state, const layer& l, bool int8) {
+  dnnl_conv c(l, int8);
+  state.SetLabel(c.impl);
+  for (auto _ : state) c.run();
+  state.counters["MAC/s"] =
+      benchmark::Counter(macs_of(l) * double(state.iterations()), benchmark::Counter::kIsRate);
+}
+#endif
+
 void set_counters(benchmark::State& state, const layer& l, int bit_product, bool compare) {
   const double macs = macs_of(l), it = double(state.iterations());
   state.counters["bit-MACs/s"] =
@@ -99,6 +186,12 @@ void set_counters(benchmark::State& state, const layer& l, int bit_product, bool
     // Rate counter of (f32 seconds per call) * calls = f32 time / this time.
     state.counters["speedup_vs_f32"] =
         benchmark::Counter(f32_seconds(l) * it, benchmark::Counter::kIsRate);
+#if defined(MIXQ_BENCH_DNNL)
+    state.counters["speedup_vs_dnnl_f32"] =
+        benchmark::Counter(dnnl_seconds(l, false) * it, benchmark::Counter::kIsRate);
+    state.counters["speedup_vs_dnnl_int8"] =
+        benchmark::Counter(dnnl_seconds(l, true) * it, benchmark::Counter::kIsRate);
+#endif
   }
 }
 
@@ -177,6 +270,14 @@ const bool registered = [] {
   for (const layer& l : layers)
     benchmark::RegisterBenchmark((std::string("conv2d_f32/") + l.name).c_str(), BM_conv2d_f32, l)
         ->Unit(benchmark::kMicrosecond);
+#if defined(MIXQ_BENCH_DNNL)
+  for (const layer& l : layers)
+    for (bool int8 : {false, true})
+      benchmark::RegisterBenchmark(
+          (std::string(int8 ? "dnnl_conv_u8s8s32/" : "dnnl_conv_f32/") + l.name).c_str(),
+          BM_dnnl_conv, l, int8)
+          ->Unit(benchmark::kMicrosecond);
+#endif
   register_pair<mixq::qbinary, mixq::qbinary>("1x1");
   register_pair<mixq::quint<2>, mixq::qint<2>>("2x2");
   register_pair<mixq::quint<4>, mixq::qint<4>>("4x4");

@@ -9,9 +9,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <ctime>
+#include <initializer_list>
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -169,6 +171,33 @@ void BM_bitserial_gemm(benchmark::State& state, int wbits, int abits, std::size_
   set_rates(state, double(M) * N * K, double(wbits) * abits, s);
 }
 
+/// Activation packing (M x K codes of quint<AB> to bit planes) alone, or packing plus the
+/// bit-serial GEMM against weights packed once (the end-to-end cost of a layer call).
+template <int AB>
+void BM_pack_gemm(benchmark::State& state, int wbits, bool with_gemm) {
+  const std::size_t M = state.range(0), N = state.range(1), K = state.range(2);
+  std::mt19937_64 rng(4);
+  std::vector<std::uint8_t> codes(M * K);
+  for (auto& c : codes) c = static_cast<std::uint8_t>(rng() & ((1u << AB) - 1));
+  const random_planes W({wbits, true}, N, K, rng);
+  std::vector<std::int32_t> C(M * N);
+  const mk::gemm_options opt{1, mk::best_isa()};
+  const double t0 = thread_seconds();
+  for (auto _ : state) {
+    const auto A = mixq::bitplane_matrix<mixq::quint<AB>>::pack(codes, M, K);
+    if (with_gemm)
+      mk::bitserial_gemm(mk::bitplane_view(A), W.view(), std::span<std::int32_t>(C), opt);
+    benchmark::DoNotOptimize(A.data());
+    benchmark::DoNotOptimize(C.data());
+  }
+  const double s = thread_seconds() - t0;
+  if (with_gemm)
+    set_rates(state, double(M) * N * K, double(wbits) * AB, s);
+  else
+    state.counters["values/s"] =
+        benchmark::Counter(double(M) * K * state.iterations(), benchmark::Counter::kIsRate);
+}
+
 std::vector<float> random_floats(std::size_t n) {
   std::mt19937 rng(2);
   std::uniform_real_distribution<float> d(-1, 1);
@@ -191,8 +220,13 @@ void BM_gemm_f32(benchmark::State& state, std::size_t threads) {
   set_rates(state, double(M) * N * K, 0, 0);
 }
 
-/// mixq's int8 path on bytes (u8 x s8, the same operands as dnnl_gemm_u8s8s32).
-void BM_gemm_u8s8s32(benchmark::State& state) {
+/// mixq's int8 path on bytes (u8 x s8, the same operands as dnnl_gemm_u8s8s32): W packed per
+/// call (prepacked = false, the plain-rows entry) or once outside the loop (prepacked = true).
+void BM_gemm_u8s8s32(benchmark::State& state, bool prepacked, mk::isa path) {
+  if (!mk::isa_supported(path)) {
+    state.SkipWithError("path not supported by this CPU");
+    return;
+  }
   const std::size_t M = state.range(0), N = state.range(1), K = state.range(2);
   std::mt19937 rng(3);
   std::vector<std::uint8_t> A(M * K);
@@ -200,9 +234,14 @@ void BM_gemm_u8s8s32(benchmark::State& state) {
   for (auto& x : A) x = std::uint8_t(rng() & 15);
   for (auto& x : B) x = std::int8_t(int(rng() % 15) - 7);
   std::vector<std::int32_t> C(M * N);
-  state.SetLabel(mk::has_avx512_vnni() ? "avx512_vnni" : "portable");
+  const mk::gemm_options opt{1, path};
+  state.SetLabel(mk::int8_gemm_kernel_name(opt));
+  const auto packed = mk::packed_int8_weights::pack(N, K, B.data(), K);
   for (auto _ : state) {
-    mk::gemm_u8s8s32(M, N, K, A.data(), K, B.data(), K, C.data(), N);
+    if (prepacked)
+      mk::gemm_u8s8s32(M, A.data(), K, packed, C.data(), N, opt);
+    else
+      mk::gemm_u8s8s32(M, N, K, A.data(), K, B.data(), K, C.data(), N, opt);
     benchmark::DoNotOptimize(C.data());
   }
   set_rates(state, double(M) * N * K, 0, 0);
@@ -303,6 +342,16 @@ const bool registered = [] {
                                              2, mk::best_isa()),
                 false, true);
   }
+  // Packing of the activations alone, then packing + GEMM (weights packed once, outside).
+  for (auto [w, a] : std::initializer_list<std::pair<int, int>>{{1, 1}, {1, 2}, {2, 2}, {4, 4}}) {
+    const std::string tag = "/w" + std::to_string(w) + "a" + std::to_string(a);
+    auto reg = [&](const std::string& name, bool with_gemm) {
+      auto fn = a == 1 ? &BM_pack_gemm<1> : a == 2 ? &BM_pack_gemm<2> : &BM_pack_gemm<4>;
+      apply_sizes(benchmark::RegisterBenchmark(name.c_str(), fn, w, with_gemm), false);
+    };
+    if (w == a) reg("pack_activations/a" + std::to_string(a), false);
+    reg("bitserial_gemm_with_packing" + tag, true);
+  }
   for (auto [w, a] : pairs) {
     const std::string tag = "/w" + std::to_string(w) + "a" + std::to_string(a);
     apply_sizes(
@@ -311,7 +360,14 @@ const bool registered = [] {
     apply_sizes(benchmark::RegisterBenchmark(("lowbit_gemm" + tag).c_str(), BM_planes, w, a, true),
                 false);
   }
-  apply_sizes(benchmark::RegisterBenchmark("gemm_u8s8s32", BM_gemm_u8s8s32), big);
+  apply_sizes(benchmark::RegisterBenchmark("gemm_u8s8s32", BM_gemm_u8s8s32, false, mk::best_isa()),
+              big);
+  apply_sizes(
+      benchmark::RegisterBenchmark("gemm_u8s8s32/prepacked", BM_gemm_u8s8s32, true, mk::best_isa()),
+      big);
+  apply_sizes(benchmark::RegisterBenchmark("gemm_u8s8s32/prepacked/avx2", BM_gemm_u8s8s32, true,
+                                           mk::isa::avx2),
+              false);
   for (mk::isa path : {mk::isa::avx2, mk::isa::portable})
     apply_sizes(benchmark::RegisterBenchmark(
                     (std::string("bitserial_gemm/w1a1/") + mk::isa_name(path)).c_str(),
