@@ -9,6 +9,10 @@
 
 #include "mixq/core/error.hpp"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+
 namespace mixq::kernels {
 
 /// Kernel paths, slowest first.
@@ -47,7 +51,12 @@ inline const cpu_features& detected_cpu_features() {
     c.avx512vl = __builtin_cpu_supports("avx512vl");
     c.avx512_vpopcntdq = __builtin_cpu_supports("avx512vpopcntdq");
     c.avx512_vnni = __builtin_cpu_supports("avx512vnni");
-    c.avx_vnni = __builtin_cpu_supports("avxvnni");
+    // AVX-VNNI (CPUID.(7,1):EAX bit 4) read directly: clang 14's __builtin_cpu_supports does
+    // not know "avxvnni". The VEX form needs only the AVX state that avx2 already implies.
+    {
+      unsigned a = 0, b = 0, cx = 0, d = 0;
+      c.avx_vnni = c.avx2 && __get_cpuid_count(7, 1, &a, &b, &cx, &d) && ((a >> 4) & 1u);
+    }
 #endif
     return c;
   }();
