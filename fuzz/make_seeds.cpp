@@ -6,6 +6,7 @@
 #include <string>
 
 #include "mixq/deploy/model_file.hpp"
+#include "mixq/quant/code_tensor.hpp"
 
 using namespace mixq::deploy;
 
@@ -14,8 +15,7 @@ static layer quantized(std::mt19937& rng, std::uint32_t in, std::uint32_t out, s
   layer l = layer::of_kind(op_kind::quantized, "q");
   l.is_linear = linear, l.window = k, l.stride = 1, l.padding = k / 2;
   l.in_channels = in, l.out_channels = out, l.groups = groups, l.weight_type = wt;
-  const int lo = wt.is_binary() ? -1 : wt.is_signed ? -(1 << (wt.bits - 1)) : 0;
-  const int hi = wt.is_binary() ? 1 : wt.is_signed ? (1 << (wt.bits - 1)) - 1 : (1 << wt.bits) - 1;
+  const int lo = mixq::quant::detail::code_min(wt), hi = mixq::quant::detail::code_max(wt);
   std::uniform_int_distribution<int> code(lo, hi);
   for (std::size_t i = 0; i < std::size_t(out) * k * k * (in / groups); ++i) {
     int c = code(rng);

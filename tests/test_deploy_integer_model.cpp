@@ -13,6 +13,7 @@
 #include <random>
 
 #include "mixq/deploy/model_file.hpp"
+#include "mixq/quant/code_tensor.hpp"
 
 using namespace mixq;
 using namespace mixq::deploy;
@@ -20,12 +21,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-int code_min(bitwidth t) {
-  return t.is_binary() ? -1 : t.is_signed ? -(1 << (t.bits - 1)) : 0;
-}
-int code_max(bitwidth t) {
-  return t.is_binary() ? 1 : t.is_signed ? (1 << (t.bits - 1)) - 1 : (1 << t.bits) - 1;
-}
+using quant::detail::code_max;
+using quant::detail::code_min;
 
 layer random_quantized(std::mt19937& rng, std::uint32_t in, std::uint32_t out, std::uint32_t k,
                        std::uint32_t stride, std::uint32_t pad, std::uint32_t groups, bitwidth wt,

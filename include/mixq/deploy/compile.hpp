@@ -185,26 +185,20 @@ inline integer_model compile(nn::module& model, const nn::fixed_policy& policy,
       st.out.push_back(std::move(l));
     } else if (dynamic_cast<nn::relu*>(m)) {
       st.out.push_back(layer::of_kind(op_kind::relu, name));
-    } else if (auto* mp = dynamic_cast<nn::max_pool2d*>(m)) {
+    } else if (dynamic_cast<nn::max_pool2d*>(m) || dynamic_cast<nn::avg_pool2d*>(m)) {
       if (st.shape.size() != 3)
         throw shape_error(detail::cat("deploy::compile: ", name, " needs an image"));
-      st.out.push_back(layer::pool(op_kind::max_pool, std::uint32_t(mp->kernel_size()),
-                                   std::uint32_t(mp->stride()), std::uint32_t(mp->padding())));
-      st.shape[1] =
-          detail::pooled(st.shape[1], mp->kernel_size(), mp->stride(), mp->padding(), name);
-      st.shape[2] =
-          detail::pooled(st.shape[2], mp->kernel_size(), mp->stride(), mp->padding(), name);
-      st.out.back().name = name;
-    } else if (auto* ap = dynamic_cast<nn::avg_pool2d*>(m)) {
-      if (st.shape.size() != 3)
-        throw shape_error(detail::cat("deploy::compile: ", name, " needs an image"));
-      st.out.push_back(layer::pool(op_kind::avg_pool, std::uint32_t(ap->kernel_size()),
-                                   std::uint32_t(ap->stride()), std::uint32_t(ap->padding())));
-      st.shape[1] =
-          detail::pooled(st.shape[1], ap->kernel_size(), ap->stride(), ap->padding(), name);
-      st.shape[2] =
-          detail::pooled(st.shape[2], ap->kernel_size(), ap->stride(), ap->padding(), name);
-      st.out.back().name = name;
+      auto add_pool = [&](op_kind kind, const auto& pool) {
+        const std::size_t k = pool.kernel_size(), s = pool.stride(), p = pool.padding();
+        st.out.push_back(layer::pool(kind, std::uint32_t(k), std::uint32_t(s), std::uint32_t(p)));
+        st.out.back().name = name;
+        st.shape[1] = detail::pooled(st.shape[1], k, s, p, name);
+        st.shape[2] = detail::pooled(st.shape[2], k, s, p, name);
+      };
+      if (auto* mp = dynamic_cast<nn::max_pool2d*>(m))
+        add_pool(op_kind::max_pool, *mp);
+      else
+        add_pool(op_kind::avg_pool, *dynamic_cast<nn::avg_pool2d*>(m));
     } else if (dynamic_cast<nn::global_avg_pool2d*>(m)) {
       if (st.shape.size() != 3)
         throw shape_error(detail::cat("deploy::compile: ", name, " needs an image"));
