@@ -6,7 +6,8 @@
 //   search_fashion_mnist [--policy uniform] [--budget w3a3] [--budget-kind bitops|size]
 //                        [--epochs 1] [--warmup-epochs 0] [--finetune-epochs 1]
 //                        [--fp32-epochs 2] [--checkpoint PATH] [--seed 1] [--out DIR]
-//                        [--bits 1,2,3,4,5,6,7,8] [--batch 64] [--lr 0.01] [--arch-lr 0.003]
+//                        [--bits 1,2,3,4,5,6,7,8] [--batch 64] [--lr 0.01] [--arch-lr 0.003
+//                        (fracbits: 0.03)]
 //                        [--limit-train N] [--limit-test N] [--data-dir DIR]
 #include <algorithm>
 #include <cstdio>
@@ -58,6 +59,7 @@ void add_differentiable_policies([[maybe_unused]] Map& m) {
     opt.w_bits = opt.a_bits = s.bits;
     opt.cost_kind = b.kind;
     opt.seed = s.seed;
+    opt.activations.two_sided_layers = s.signed_layers;
     search::dnas_policy p(opt);
     return search::run(model, d, p, b, o);
   };
@@ -66,6 +68,7 @@ void add_differentiable_policies([[maybe_unused]] Map& m) {
     search::ebs_options opt;
     opt.w_bits = opt.a_bits = s.bits;
     opt.cost_kind = b.kind;
+    opt.activations.two_sided_layers = s.signed_layers;
     search::ebs_policy p(opt);
     return search::run(model, d, p, b, o);
   };
@@ -75,25 +78,32 @@ void add_differentiable_policies([[maybe_unused]] Map& m) {
     opt.min_bits = s.bits.front();
     opt.max_bits = s.bits.back();
     opt.cost_kind = b.kind;
+    opt.activations.two_sided_layers = s.signed_layers;
     search::fracbits_policy p(opt);
     return search::run(model, d, p, b, o);
   };
 #endif
 }
 
-void standardise(data::dataset& ds) {
-  for (auto& v : ds.images) v = (v - 0.2860f) / 0.3530f;
-}
-
 struct settings {
   std::string policy = "uniform", budget = "w3a3", budget_kind = "bitops";
   std::size_t epochs = 1, warmup_epochs = 0, finetune_epochs = 1, fp32_epochs = 2;
   std::size_t batch = 64, limit_train = 0, limit_test = 0;
-  float lr = 0.01f, arch_lr = 3e-3f;
+  float lr = 0.01f;
+  float arch_lr = -1;  // < 0: the policy's default (default_arch_lr)
   std::uint64_t seed = 1;
   std::string checkpoint, out = "search-out", data_dir = data::fashion_mnist_default_dir;
   std::vector<int> bits{1, 2, 3, 4, 5, 6, 7, 8};
+  /// Quantized layers whose input can be negative (none with the [0, 1] pixels used here),
+  /// measured on the trained model: two-sided PACT there during the search.
+  std::vector<std::size_t> signed_layers;
 };
+
+/// Architecture learning rate per policy: FracBits moves real-valued bit-widths, which need
+/// about 10x the step of the DNAS/EBS logits to travel a bit in one or two epochs.
+float default_arch_lr(const std::string& policy) {
+  return policy == "fracbits" ? 0.03f : 3e-3f;
+}
 
 /// A policy the example can run: builds it from the settings and runs the driver.
 using policy_runner = std::function<search::search_result(
@@ -417,13 +427,14 @@ void write_text(const std::filesystem::path& p, const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const settings s = parse(argc, argv);
+  settings s = parse(argc, argv);
   try {
     auto sets = data::fashion_mnist(s.data_dir);
     limit(sets.train, s.limit_train);
     limit(sets.test, s.limit_test);
-    standardise(sets.train);
-    standardise(sets.test);
+    // Pixels stay in [0, 1] (no standardisation; the first batch norm rescales): the first
+    // layer's input is then one-sided like every other, so PACT quantizes it on the same
+    // unsigned grid and deploy::compile accepts the finetuned model.
     std::mt19937 rng(unsigned(s.seed));
     auto net = nn::demo_cnn(10, 1, rng);
 
@@ -438,6 +449,12 @@ int main(int argc, char** argv) {
       }
     }
 
+    {
+      mixq::autodiff::ftensor probe({256, 1, 28, 28});
+      std::copy_n(sets.train.images.data(), std::min(probe.size(), sets.train.images.size()),
+                  probe.data());
+      s.signed_layers = search::signed_input_layers(*net, probe);
+    }
     const auto costs = search::trace_costs(*net, {1, 1, 28, 28}).layers;
     const auto [w, a] = parse_wa(s.budget);
     const auto kind =
@@ -450,7 +467,7 @@ int main(int argc, char** argv) {
     o.finetune_epochs = s.finetune_epochs;
     o.batch_size = s.batch;
     o.lr = o.finetune_lr = s.lr;
-    o.arch_lr = s.arch_lr;
+    o.arch_lr = s.arch_lr >= 0 ? s.arch_lr : default_arch_lr(s.policy);
     o.seed = s.seed;
     o.policy_name = s.policy;
     o.min_w_bits = o.min_a_bits = s.bits.front();

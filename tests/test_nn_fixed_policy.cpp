@@ -154,6 +154,32 @@ TEST_CASE("fixed_policy: training through the policy lowers the loss and moves t
   CHECK(policy.alpha(1).value()[0] != alpha_before);
 }
 
+TEST_CASE("fixed_policy: an alpha trained below zero is floored at min_alpha, gets no gradient") {
+  std::mt19937 rng(5);
+  tiny_net m(rng);
+  fixed_policy_options opt;
+  opt.min_alpha = 0.25f;
+  fixed_policy policy(quant::bit_config::uniform(3, 2, 1), opt);
+  attach_policy(*m.net, policy);
+  const ad::ftensor x = uniform_tensor({2, 1, 8, 8}, rng, -1.0f, 1.0f);
+  const ad::ftensor h = uniform_tensor({2, 4, 8, 8}, rng, -0.5f, 1.0f);
+  policy.alpha(1).value()[0] = -0.5f;  // as an optimizer step might leave it
+  CHECK(policy.clip_value(1) == 0.25f);
+  // The forward quantizes layer 1's input exactly as PACT with alpha = min_alpha.
+  const var xq = policy.quantize_activations(1, ad::constant(h));
+  const ad::ftensor want = quant::pact_codes(h, 0.25f, 1).dequantize();
+  REQUIRE(xq.value().size() == want.size());
+  for (std::size_t i = 0; i < want.size(); ++i) CHECK(xq.value()[i] == want[i]);
+  // The codes used for deployment agree, and the whole model still runs and back-propagates.
+  const auto codes = policy.activation_codes(1, h);
+  CHECK(codes.scale.at(0) == doctest::Approx(0.25f));
+  const var out = ad::sum((*m.net)(ad::constant(x)));
+  ad::backward(out);
+  CHECK((!policy.alpha(1).has_grad() || policy.alpha(1).grad()[0] == 0.0f));
+  REQUIRE(policy.alpha(0).has_grad());  // an alpha above the floor does get one
+  CHECK(std::isfinite(out.item()));
+}
+
 TEST_CASE("fixed_policy: typed errors for bad configs") {
   std::mt19937 rng(4);
   tiny_net m(rng);
@@ -169,11 +195,9 @@ TEST_CASE("fixed_policy: typed errors for bad configs") {
   bad_layer.two_sided_layers = {7};
   fixed_policy p(quant::bit_config::uniform(3, 4, 4), bad_layer);
   CHECK_THROWS_AS(attach_policy(*m.net, p), shape_error);
-  // A learned alpha driven to <= 0 is reported at the next forward.
-  fixed_policy ok(quant::bit_config::uniform(3, 4, 4));
-  attach_policy(*m.net, ok);
-  ok.alpha(1).value()[0] = -0.5f;
-  CHECK_THROWS_AS((*m.net)(ad::constant(ad::ftensor({1, 1, 8, 8}, 0.5f))), value_error);
+  fixed_policy_options bad_floor;
+  bad_floor.min_alpha = 0.0f;
+  CHECK_THROWS_AS(fixed_policy(quant::bit_config::uniform(3, 4, 4), bad_floor), value_error);
   try {
     fixed_policy(quant::bit_config{{4, 4, 4}, {4, 4}});
   } catch (const shape_error& e) {

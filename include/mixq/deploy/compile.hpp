@@ -72,7 +72,7 @@ inline void add_quantized(compile_state& st, nn::quantized_layer& q, const std::
   l.stride = std::uint32_t(q.stride());
   l.padding = std::uint32_t(q.padding());
   l.input.bits = st.policy.config().a_bits.at(i);
-  l.input.alpha = st.policy.alpha(i).value()[0];
+  l.input.alpha = st.policy.clip_value(i);
 
   const quant::code_tensor w = st.policy.weight_codes(i);
   l.weight_type = w.type;

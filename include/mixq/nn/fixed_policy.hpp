@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <span>
 #include <vector>
@@ -37,6 +38,10 @@ struct fixed_policy_options {
   /// Initial PACT alpha of conv layers and of linear layers (FracBits: 8 and 10).
   float conv_alpha = 8.0f;
   float linear_alpha = 10.0f;
+  /// PACT uses max(alpha, min_alpha): a learned alpha can cross 0 (at 1-bit activations the
+  /// residual gradient pushes it down), and PACT needs a clipping value > 0. Below the floor
+  /// alpha gets no gradient, as with autodiff::maximum.
+  float min_alpha = 1e-3f;
 };
 
 /// A precision_policy that quantizes layer i's weights to config.w_bits[i] and its input to
@@ -52,6 +57,9 @@ class fixed_policy : public precision_policy {
       throw value_error(mixq::detail::cat("fixed_policy: initial alphas ", options_.conv_alpha,
                                           " and ", options_.linear_alpha,
                                           " are invalid: expected values > 0"));
+    if (!(options_.min_alpha > 0.0f) || !std::isfinite(options_.min_alpha))
+      throw value_error(mixq::detail::cat("fixed_policy: min_alpha ", options_.min_alpha,
+                                          " is invalid: expected a finite value > 0"));
   }
 
   void on_attach(std::span<quantized_layer* const> layers) override {
@@ -116,7 +124,8 @@ class fixed_policy : public precision_policy {
       case activation_quantizer::pact: {
         quant::pact_options o = options_.pact;
         o.two_sided = o.two_sided || two;
-        return quant::pact(x, alphas_.at(layer), b, o);
+        const var floor = autodiff::constant(ftensor({1}, options_.min_alpha));
+        return quant::pact(x, autodiff::maximum(alphas_.at(layer), floor), b, o);
       }
       case activation_quantizer::uniform_asymmetric:
         return quant::uniform_quantize(x, bitwidth{b, false}, quant_scheme::asymmetric);
@@ -152,6 +161,10 @@ class fixed_policy : public precision_policy {
       throw value_error("fixed_policy::alpha: the activations are not quantized with PACT");
     return alphas_.at(checked(layer));
   }
+  /// The clipping value PACT uses on layer i's input: max(alpha(i), options().min_alpha).
+  float clip_value(std::size_t layer) const {
+    return std::max(alpha(layer).value()[0], options_.min_alpha);
+  }
 
   /// The integer codes and affine map of layer i's weights at its configured bits, equal on
   /// dequantisation to the weights the forward pass uses (deployment packs these).
@@ -186,8 +199,7 @@ class fixed_policy : public precision_policy {
     const bool two = is_two_sided(layer);
     switch (options_.activations) {
       case activation_quantizer::pact:
-        return quant::pact_codes(x, alphas_.at(layer).value()[0], b,
-                                 options_.pact.two_sided || two);
+        return quant::pact_codes(x, clip_value(layer), b, options_.pact.two_sided || two);
       case activation_quantizer::uniform_asymmetric:
         return quant::uniform_codes(
             x, quant::choose_uniform_params(x, bitwidth{b, false}, quant_scheme::asymmetric),
