@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <string>
 #include <typeinfo>
@@ -19,10 +20,38 @@
 
 namespace mixq::deploy {
 
+/// Why compile cannot take layer i's input quantizer, or "" when it is one-sided PACT (the
+/// grid integer models encode: code = round(L clip(x, 0, clip) / clip)). The customisation
+/// point of deployable_policy; other policies overload it in their own namespace (ADL).
+inline std::string deploy_input_problem(const nn::fixed_policy& p, std::size_t layer) {
+  const auto& opt = p.options();
+  if (opt.activations != nn::activation_quantizer::pact || opt.pact.two_sided ||
+      std::find(opt.two_sided_layers.begin(), opt.two_sided_layers.end(), layer) !=
+          opt.two_sided_layers.end())
+    return "quantizes its input with a two-sided or non-PACT quantizer; integer models take "
+           "one-sided PACT activations (the default)";
+  return {};
+}
+
+/// What compile reads from a precision policy: the number of attached layers, the bit_config,
+/// each layer's weight codes (equal on dequantisation to the weights its forward uses), the
+/// clip value of its one-sided PACT-like input grid, and deploy_input_problem() saying whether
+/// that grid is one. nn::fixed_policy and search::bmpq_policy model it.
+template <class P>
+concept deployable_policy = requires(const P& p, std::size_t i) {
+  { p.layers() } -> std::convertible_to<std::size_t>;
+  { p.config() } -> std::convertible_to<const quant::bit_config&>;
+  { p.weight_codes(i) } -> std::convertible_to<quant::code_tensor>;
+  { p.clip_value(i) } -> std::convertible_to<float>;
+  { deploy_input_problem(p, i) } -> std::convertible_to<std::string>;
+};
+static_assert(deployable_policy<nn::fixed_policy>);
+
 namespace detail {
 
+template <class P>
 struct compile_state {
-  const nn::fixed_policy& policy;
+  const P& policy;
   std::vector<layer> out;
   std::vector<nn::quantized_layer*> quantized;  // the model's quantized layers, by index
   // Activation shape after the last op: {C, H, W} for images, {F} after flatten.
@@ -50,18 +79,17 @@ inline std::size_t pooled(std::size_t in, std::size_t k, std::size_t s, std::siz
   return (in + 2 * p - k) / s + 1;
 }
 
-inline void add_quantized(compile_state& st, nn::quantized_layer& q, const std::string& name) {
+template <class P>
+void add_quantized(compile_state<P>& st, nn::quantized_layer& q, const std::string& name) {
   const std::size_t i = q.index();
-  if (i >= st.quantized.size() || st.quantized[i] != &q)
+  bool attached = i < st.quantized.size() && st.quantized[i] == &q;
+  if constexpr (std::derived_from<P, nn::precision_policy>)
+    attached = attached && q.policy() == &st.policy;
+  if (!attached)
     throw value_error(cat("deploy::compile: layer ", name,
                           " is not attached to the given policy (attach_policy first)"));
-  const auto& opt = st.policy.options();
-  if (opt.activations != nn::activation_quantizer::pact || opt.pact.two_sided ||
-      std::find(opt.two_sided_layers.begin(), opt.two_sided_layers.end(), i) !=
-          opt.two_sided_layers.end())
-    throw value_error(cat("deploy::compile: layer ", name,
-                          " quantizes its input with a two-sided or non-PACT quantizer; "
-                          "integer models take one-sided PACT activations (the default)"));
+  if (const std::string why = deploy_input_problem(st.policy, i); !why.empty())
+    throw value_error(cat("deploy::compile: layer ", name, " ", why));
   layer l = layer::of_kind(op_kind::quantized, name);
   const bool linear = q.kind() == nn::quantized_kind::linear;
   l.is_linear = linear;
@@ -139,16 +167,16 @@ inline std::pair<std::vector<float>, std::vector<float>> batch_norm_affine(
 }  // namespace detail
 
 /// Compiles `model` (a sequential of quantized_conv2d / quantized_linear, batch_norm2d, relu,
-/// max/avg/global-average pools and flatten, nested sequentials allowed) with the fixed_policy
-/// attached to it, for inputs of shape {C, H, W}. Batch norms that follow a quantized layer
-/// fold into its output map. value_error for unsupported modules or quantizers, shape_error
-/// for inconsistent shapes.
-inline integer_model compile(nn::module& model, const nn::fixed_policy& policy,
-                             std::vector<std::size_t> input_chw) {
+/// max/avg/global-average pools and flatten, nested sequentials allowed) with the policy
+/// attached to it (nn::fixed_policy, search::bmpq_policy or any deployable_policy), for inputs
+/// of shape {C, H, W}. Batch norms that follow a quantized layer fold into its output map.
+/// value_error for unsupported modules or quantizers, shape_error for inconsistent shapes.
+template <deployable_policy P>
+integer_model compile(nn::module& model, const P& policy, std::vector<std::size_t> input_chw) {
   if (input_chw.size() != 3)
     throw shape_error(detail::cat("deploy::compile: input shape has ", input_chw.size(),
                                   " dimensions; expected {C, H, W}"));
-  detail::compile_state st{policy, {}, nn::quantized_layers(model), std::move(input_chw), {}};
+  detail::compile_state<P> st{policy, {}, nn::quantized_layers(model), std::move(input_chw), {}};
   if (st.quantized.empty() || st.quantized.size() != policy.layers())
     throw value_error(detail::cat("deploy::compile: the policy is attached to ", policy.layers(),
                                   " layers; the model has ", st.quantized.size(),

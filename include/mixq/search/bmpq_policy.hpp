@@ -8,13 +8,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "mixq/autodiff/ops.hpp"
 #include "mixq/autodiff/var.hpp"
 #include "mixq/core/error.hpp"
 #include "mixq/nn/quantized.hpp"
+#include "mixq/quant/code_tensor.hpp"
 #include "mixq/search/policy.hpp"
 #include "mixq/search/weight_allocation.hpp"
 
@@ -186,6 +189,53 @@ class bmpq_policy : public nn::precision_policy {
 
   // ---- inspection -----------------------------------------------------------------------
   const bit_config& config() const noexcept { return config_; }
+  /// Number of attached quantized layers.
+  std::size_t layers() const noexcept { return layers_.size(); }
+
+  // ---- deployment (deploy::deployable_policy) ---------------------------------------------
+
+  /// Layer i's weights as the eval forward quantizes them (symmetric_fake_quant, equal to the
+  /// bit-plane sum of training): signed codes in +-(2^(b-1) - 1), zero point 0, one scale
+  /// max|W| / (2^(b-1) - 1) per tensor (1 for an all-zero tensor, whose codes are all 0).
+  quant::code_tensor weight_codes(std::size_t layer) const {
+    check_attached(layer);
+    const auto& w = layers_[layer]->weight.value();
+    const int bits = config_.w_bits[layer];
+    float m = 0;
+    for (float v : w) m = std::max(m, std::abs(v));
+    const float levels = float((1 << (bits - 1)) - 1), s = m > 0 ? m / levels : 1.0f;
+    quant::code_tensor c;
+    c.type = bitwidth{bits, true};
+    c.shape = w.shape();
+    c.scale = {s};
+    c.zero_point = {0.0f};
+    c.codes.resize(w.size());
+    for (std::size_t i = 0; i < w.size(); ++i)
+      c.codes[i] = m > 0 ? std::int32_t(std::clamp(std::round(w[i] / s), -levels, levels)) : 0;
+    return c;
+  }
+
+  /// The upper end of layer i's activation range (the EMA the eval forward quantizes with):
+  /// when the range is one-sided ([0, hi], hi > 0) the input grid is PACT's with alpha = hi.
+  float clip_value(std::size_t layer) const {
+    check_attached(layer);
+    return hi_[layer];
+  }
+
+  /// "" when layer i's input grid is one-sided (deployable); otherwise why not: the range was
+  /// never measured, has negative values (a signed grid), or is [0, 0] (passed through
+  /// unquantized).
+  std::string input_deploy_problem(std::size_t layer) const {
+    check_attached(layer);
+    if (!range_set_[layer])
+      return "has no measured activation range (run a training forward first)";
+    if (lo_[layer] < 0)
+      return mixq::detail::cat("has a signed activation range [", lo_[layer], ", ", hi_[layer],
+                               "] (a two-sided grid); integer models take one-sided inputs");
+    if (!(hi_[layer] > 0))
+      return "has an activation range [0, 0]: BMPQ passes that input through unquantized";
+    return {};
+  }
   const std::vector<bmpq_resolve>& history() const noexcept { return history_; }
   bool is_frozen() const noexcept { return frozen_; }
   /// Sensitivities accumulated since the last solve (flushing pending planes first).
@@ -199,6 +249,11 @@ class bmpq_policy : public nn::precision_policy {
  private:
   bool frozen(std::size_t epoch) const { return epoch >= opt_.early_epochs; }
 
+  void check_attached(std::size_t layer) const {
+    if (layer >= layers_.size())
+      throw shape_error(mixq::detail::cat("bmpq_policy: layer ", layer, " does not exist; ",
+                                          layers_.size(), " quantized layers attached"));
+  }
   void check_layer(std::size_t layer) const {
     if (layer >= config_.size())
       throw shape_error(mixq::detail::cat("bmpq_policy: layer ", layer, " but the config has ",
@@ -298,5 +353,10 @@ class bmpq_policy : public nn::precision_policy {
 };
 
 static_assert(allocation_policy<bmpq_policy>);
+
+/// deploy::deployable_policy's customisation point (found by argument-dependent lookup).
+inline std::string deploy_input_problem(const bmpq_policy& p, std::size_t layer) {
+  return p.input_deploy_problem(layer);
+}
 
 }  // namespace mixq::search
