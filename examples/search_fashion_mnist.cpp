@@ -1,28 +1,39 @@
 // Mixed-precision search on Fashion-MNIST: trains the demo CNN (nn::demo_cnn) in FP32 (or loads the
 // checkpoint it saved), then runs one search policy under a budget through search::run
 // (warm-up, search, derive, finetune), prints a per-layer table, and writes the JSON result
-// and an SVG bar chart of the per-layer bits.
+// and an SVG bar chart of the per-layer bits. Then deploys: compiles the finetuned model
+// (deploy::compile) to an integer model, runs the test set through it, checks its predictions
+// against the fake-quant model (exit status 3 on any disagreement), saves it to
+// <out>/<stem>.mixq, reloads it (bit-identical outputs), times integer against FP32 inference
+// on 1 and all threads, and prints accuracy, model bytes and images/s of FP32, fake-quant and
+// integer in one table (also <out>/<stem>-deploy.json). --no-deploy skips this step.
 //
 //   search_fashion_mnist [--policy uniform] [--budget w3a3] [--budget-kind bitops|size]
 //                        [--epochs 1] [--warmup-epochs 0] [--finetune-epochs 1]
 //                        [--fp32-epochs 2] [--checkpoint PATH] [--seed 1] [--out DIR]
 //                        [--bits 1,2,3,4,5,6,7,8] [--batch 64] [--lr 0.01] [--arch-lr 0.003
 //                        (fracbits: 0.03)]
-//                        [--limit-train N] [--limit-test N] [--data-dir DIR]
+//                        [--limit-train N] [--limit-test N] [--data-dir DIR] [--no-deploy]
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "mixq/data.hpp"
+#include "mixq/deploy.hpp"
+#include "mixq/kernels/thread_pool.hpp"
 #include "mixq/nn.hpp"
 #include "mixq/search/bmpq_policy.hpp"
 #include "mixq/search/driver.hpp"
@@ -97,6 +108,7 @@ struct settings {
   /// Quantized layers whose input can be negative (none with the [0, 1] pixels used here),
   /// measured on the trained model: two-sided PACT there during the search.
   std::vector<std::size_t> signed_layers;
+  bool deploy = true;  // --no-deploy: stop after the search
 };
 
 /// Architecture learning rate per policy: FracBits moves real-valued bit-widths, which need
@@ -158,8 +170,12 @@ std::map<std::string, policy_runner> available_policies() {
     bo.space = space_of(s, false);
     bo.early_epochs = std::max<std::size_t>(1, (s.finetune_epochs + 1) / 2);
     bo.interval_epochs = 1;
-    search::bmpq_policy p(bo);
-    return search::run(model, d, p, b, o);
+    // BMPQ is itself the finetune's precision policy: kept alive (and attached) in the result
+    // for the deployment step.
+    auto p = std::make_shared<search::bmpq_policy>(bo);
+    auto r = search::run(model, d, *p, b, o);
+    r.finetuned_policy = p;
+    return r;
   };
   m["hawq"] = [space_of](nn::module& model, const search::search_data& d, const search::budget& b,
                          search::search_options& o, const settings& s) {
@@ -179,7 +195,7 @@ std::map<std::string, policy_runner> available_policies() {
                "[--budget-kind bitops|size] [--epochs N] [--warmup-epochs N] "
                "[--finetune-epochs N] [--fp32-epochs N] [--checkpoint PATH] [--seed N] "
                "[--out DIR] [--bits LIST] [--batch N] [--lr X] [--arch-lr X] "
-               "[--limit-train N] [--limit-test N] [--data-dir DIR]\n";
+               "[--limit-train N] [--limit-test N] [--data-dir DIR] [--no-deploy]\n";
   std::exit(2);
 }
 
@@ -222,6 +238,10 @@ settings parse(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") usage("help");
+    if (a == "--no-deploy") {
+      s.deploy = false;
+      continue;
+    }
     if (i + 1 >= argc) usage("missing value after " + a);
     const std::string v = argv[++i];
     try {
@@ -424,6 +444,259 @@ void write_text(const std::filesystem::path& p, const std::string& text) {
   std::filesystem::rename(tmp, p);
 }
 
+// ---- deployment ------------------------------------------------------------------------------
+
+/// Copies parameters and buffers (batch-norm statistics) of `from` into `to`, the same
+/// architecture: the FP32 reference network of the deployment table.
+void copy_state(const nn::module& from, nn::module& to) {
+  auto copy = [](const auto& src, auto dst) {  // vars share their nodes: dst copies write `to`
+    if (src.size() != dst.size()) throw mixq::shape_error("copy_state: different architectures");
+    for (std::size_t i = 0; i < src.size(); ++i) {
+      if (src[i].second.shape() != dst[i].second.shape())
+        throw mixq::shape_error("copy_state: " + src[i].first + " has another shape");
+      auto& d = dst[i].second.value();
+      std::copy(src[i].second.value().begin(), src[i].second.value().end(), d.begin());
+    }
+  };
+  copy(from.named_parameters(), to.named_parameters());
+  copy(from.named_buffers(), to.named_buffers());
+}
+
+/// Values the float network reads at inference: parameters and buffers.
+std::size_t float_values(const nn::module& m) {
+  std::size_t n = 0;
+  for (const auto& [name, v] : m.named_parameters()) n += v.size();
+  for (const auto& [name, v] : m.named_buffers()) n += v.size();
+  return n;
+}
+
+/// Logits [N, K] of the whole set, in batches, and the wall time the forwards took (after
+/// one untimed warm-up batch).
+struct timed_logits {
+  std::vector<float> logits;
+  std::size_t classes = 0;
+  double seconds = 0;
+};
+
+constexpr std::size_t deploy_batch = 256;
+
+template <class Forward>
+timed_logits run_set(const data::dataset& ds, Forward&& forward) {
+  const auto shape = ds.images.shape();
+  const std::size_t n = shape[0], per = ds.images.size() / n;
+  timed_logits out;
+  auto batch = [&](std::size_t b, std::size_t m) {
+    mixq::tensor<float> x({m, shape[1], shape[2], shape[3]});
+    std::copy_n(ds.images.data() + b * per, m * per, x.data());
+    return x;
+  };
+  // One untimed batch first: the first run allocates buffers and faults pages in.
+  if (n) (void)forward(batch(0, std::min(deploy_batch, n)));
+  for (std::size_t b = 0; b < n; b += deploy_batch) {
+    const std::size_t m = std::min(deploy_batch, n - b);
+    const mixq::tensor<float> x = batch(b, m);
+    const auto t0 = std::chrono::steady_clock::now();
+    const mixq::tensor<float> y = forward(x);
+    out.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    out.classes = y.shape()[1];
+    out.logits.insert(out.logits.end(), y.begin(), y.end());
+  }
+  return out;
+}
+
+std::vector<std::size_t> predictions(const timed_logits& t) {
+  std::vector<std::size_t> p(t.logits.size() / t.classes);
+  for (std::size_t i = 0; i < p.size(); ++i) {
+    const float* row = t.logits.data() + i * t.classes;
+    p[i] = std::size_t(std::max_element(row, row + t.classes) - row);
+  }
+  return p;
+}
+
+double accuracy(const std::vector<std::size_t>& pred, const std::vector<int>& labels) {
+  std::size_t ok = 0;
+  for (std::size_t i = 0; i < pred.size(); ++i) ok += pred[i] == std::size_t(labels[i]);
+  return pred.empty() ? 0.0 : double(ok) / double(pred.size());
+}
+
+/// The figures of the deployment step.
+struct deploy_figures {
+  bool deployable = false;
+  std::string reason;  // why not, when not deployable
+  std::size_t samples = 0, disagreements = 0;
+  double max_logit_diff = 0, logit_range = 0;
+  double acc_fp32 = 0, acc_fake = 0, acc_int = 0;
+  std::size_t fp32_bytes = 0, file_bytes = 0, payload_bytes = 0;
+  double fp32_ips_1 = 0, fp32_ips_n = 0, fake_ips_n = 0, int_ips_1 = 0, int_ips_n = 0;
+  unsigned threads = 1;
+  bool threads_identical = false, reload_identical = false;
+  std::string model_path;
+};
+
+bool bit_identical(const timed_logits& a, const timed_logits& b) {
+  return a.logits.size() == b.logits.size() &&
+         std::memcmp(a.logits.data(), b.logits.data(), a.logits.size() * sizeof(float)) == 0;
+}
+
+/// Compiles the finetuned model (its attached policy: the driver's fixed_policy, or BMPQ),
+/// then measures what deploy_figures holds. Not deployable (a policy compile cannot read, or
+/// an input grid it cannot encode): figures.deployable = false with the reason.
+deploy_figures run_deployment(nn::module& net, nn::module& fp32, const search::search_result& r,
+                              const data::dataset& test, const std::filesystem::path& model_path) {
+  deploy_figures f;
+  f.samples = test.size();
+  f.threads = std::max(1u, std::thread::hardware_concurrency());
+  f.model_path = model_path.string();
+  net.eval();
+  fp32.eval();
+  std::optional<mixq::deploy::integer_model> im;
+  try {
+    if (auto fp = std::dynamic_pointer_cast<nn::fixed_policy>(r.finetuned_policy))
+      im = mixq::deploy::compile(net, *fp, {1, 28, 28});
+    else if (auto bp = std::dynamic_pointer_cast<search::bmpq_policy>(r.finetuned_policy))
+      im = mixq::deploy::compile(net, *bp, {1, 28, 28});
+    else
+      f.reason = "the finetuned model's precision policy is not one deploy::compile reads";
+  } catch (const mixq::value_error& e) {
+    f.reason = e.what();
+  }
+  if (!im) return f;
+  f.deployable = true;
+
+  const unsigned saved_autodiff_threads = mixq::autodiff::threads();
+  const std::size_t saved_kernel_threads = mixq::kernels::num_threads();
+  mixq::autodiff::no_grad ng;
+  auto float_forward = [](nn::module& m) {
+    return [&m](const mixq::tensor<float>& x) { return m(mixq::autodiff::constant(x)).value(); };
+  };
+  // Fake quantization (float kernels, all threads): the reference the integer model must match.
+  mixq::autodiff::set_threads(f.threads);
+  const auto fake = run_set(test, float_forward(net));
+  // Integer inference on 1 and on all threads (the kernels' pool and the model's own setting).
+  auto int_forward = [](mixq::deploy::integer_model& m) {
+    return [&m](const mixq::tensor<float>& x) { return m.run(x); };
+  };
+  mixq::kernels::set_num_threads(1);
+  im->set_threads(1);
+  const auto int1 = run_set(test, int_forward(*im));
+  mixq::kernels::set_num_threads(f.threads);
+  im->set_threads(f.threads);
+  const auto intn = run_set(test, int_forward(*im));
+  f.threads_identical = bit_identical(int1, intn);
+  // Through the file and back.
+  mixq::deploy::save(*im, model_path);
+  f.file_bytes = std::size_t(std::filesystem::file_size(model_path));
+  f.payload_bytes = im->payload_bytes();
+  auto loaded = mixq::deploy::load(model_path);
+  loaded.set_threads(f.threads);
+  f.reload_identical = bit_identical(intn, run_set(test, int_forward(loaded)));
+  mixq::kernels::set_num_threads(1);
+  // FP32: the trained FP32 network (before the search), 1 and all threads.
+  mixq::autodiff::set_threads(1);
+  const auto fp1 = run_set(test, float_forward(fp32));
+  mixq::autodiff::set_threads(f.threads);
+  const auto fpn = run_set(test, float_forward(fp32));
+  mixq::autodiff::set_threads(saved_autodiff_threads);
+  mixq::kernels::set_num_threads(saved_kernel_threads);
+
+  const auto pf = predictions(fake), pi = predictions(intn);
+  for (std::size_t i = 0; i < pf.size(); ++i) f.disagreements += pf[i] != pi[i];
+  float lo = 0, hi = 0;
+  if (!fake.logits.empty()) {
+    lo = *std::min_element(fake.logits.begin(), fake.logits.end());
+    hi = *std::max_element(fake.logits.begin(), fake.logits.end());
+  }
+  f.logit_range = double(hi) - double(lo);
+  for (std::size_t i = 0; i < fake.logits.size(); ++i)
+    f.max_logit_diff =
+        std::max(f.max_logit_diff, std::abs(double(fake.logits[i]) - double(intn.logits[i])));
+  f.acc_fake = accuracy(pf, test.labels);
+  f.acc_int = accuracy(pi, test.labels);
+  f.acc_fp32 = accuracy(predictions(fpn), test.labels);
+  f.fp32_bytes = 4 * float_values(fp32);
+  const double n = double(f.samples);
+  auto ips = [n](const timed_logits& t) { return t.seconds > 0 ? n / t.seconds : 0.0; };
+  f.fp32_ips_1 = ips(fp1), f.fp32_ips_n = ips(fpn), f.fake_ips_n = ips(fake);
+  f.int_ips_1 = ips(int1), f.int_ips_n = ips(intn);
+  return f;
+}
+
+void print_deployment(const deploy_figures& f) {
+  if (!f.deployable) {
+    std::printf("\ndeployment: not deployable: %s\n", f.reason.c_str());
+    return;
+  }
+  const std::string t1 = "img/s 1 thread", tn = mixq::detail::cat("img/s ", f.threads, " threads");
+  std::printf(
+      "\ndeployment: %zu test images in batches of %zu (FP32 = the trained FP32 network before "
+      "the search, 4 bytes per parameter and batch-norm statistic)\n",
+      f.samples, deploy_batch);
+  std::printf("%-11s %9s %12s %15s %15s %16s\n", "model", "accuracy", "model bytes",
+              "payload bytes", t1.c_str(), tn.c_str());
+  std::printf("%-11s %8.2f%% %12zu %15s %15.0f %16.0f\n", "FP32", 100 * f.acc_fp32, f.fp32_bytes,
+              "-", f.fp32_ips_1, f.fp32_ips_n);
+  std::printf("%-11s %8.2f%% %12s %15s %15s %16.0f\n", "fake-quant", 100 * f.acc_fake, "-", "-",
+              "-", f.fake_ips_n);
+  std::printf("%-11s %8.2f%% %12zu %15zu %15.0f %16.0f\n", "integer", 100 * f.acc_int, f.file_bytes,
+              f.payload_bytes, f.int_ips_1, f.int_ips_n);
+  std::printf("integer vs FP32: %.1fx smaller file, %.2fx the images/s on 1 thread, %.2fx on %u\n",
+              double(f.fp32_bytes) / double(std::max<std::size_t>(1, f.file_bytes)),
+              f.fp32_ips_1 > 0 ? f.int_ips_1 / f.fp32_ips_1 : 0.0,
+              f.fp32_ips_n > 0 ? f.int_ips_n / f.fp32_ips_n : 0.0, f.threads);
+  std::printf(
+      "integer vs fake-quant: %zu of %zu predictions differ (%.2f%% agreement); max |logit "
+      "difference| %.3g = %.3g of the logit range %.3g\n",
+      f.disagreements, f.samples,
+      f.samples ? 100.0 * double(f.samples - f.disagreements) / double(f.samples) : 100.0,
+      f.max_logit_diff, f.logit_range > 0 ? f.max_logit_diff / f.logit_range : 0.0, f.logit_range);
+  std::printf("saved %s (%zu bytes); reloaded: outputs %s; 1 vs %u threads: outputs %s\n",
+              f.model_path.c_str(), f.file_bytes,
+              f.reload_identical ? "bit-identical" : "DIFFERENT", f.threads,
+              f.threads_identical ? "bit-identical" : "DIFFERENT");
+}
+
+std::string json_escape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    if (c == '"' || c == '\\')
+      o += std::string("\\") + c;
+    else if (static_cast<unsigned char>(c) < 0x20)
+      o +=
+          mixq::detail::cat("\\u00", "0123456789abcdef"[(c >> 4) & 15], "0123456789abcdef"[c & 15]);
+    else
+      o += c;
+  }
+  return o;
+}
+
+std::string deployment_json(const deploy_figures& f, const std::string& result_json) {
+  std::ostringstream o;
+  o.precision(9);
+  o << "{\n  \"format\": \"mixq.deploy_result/1\",\n  \"search_result\": \""
+    << json_escape(result_json) << "\",\n  \"deployable\": " << (f.deployable ? "true" : "false");
+  if (!f.deployable) {
+    o << ",\n  \"reason\": \"" << json_escape(f.reason) << "\"\n}\n";
+    return o.str();
+  }
+  o << ",\n  \"model_file\": \"" << json_escape(f.model_path) << "\",\n  \"samples\": " << f.samples
+    << ",\n  \"batch\": " << deploy_batch << ",\n  \"threads\": " << f.threads
+    << ",\n  \"prediction_disagreements\": " << f.disagreements
+    << ",\n  \"max_abs_logit_difference\": " << f.max_logit_diff
+    << ",\n  \"logit_range\": " << f.logit_range
+    << ",\n  \"reload_bit_identical\": " << (f.reload_identical ? "true" : "false")
+    << ",\n  \"threads_bit_identical\": " << (f.threads_identical ? "true" : "false")
+    << ",\n  \"fp32\": {\"accuracy\": " << f.acc_fp32 << ", \"bytes\": " << f.fp32_bytes
+    << ", \"images_per_second_1_thread\": " << f.fp32_ips_1
+    << ", \"images_per_second_all_threads\": " << f.fp32_ips_n << "}"
+    << ",\n  \"fake_quant\": {\"accuracy\": " << f.acc_fake
+    << ", \"images_per_second_all_threads\": " << f.fake_ips_n << "}"
+    << ",\n  \"integer\": {\"accuracy\": " << f.acc_int << ", \"file_bytes\": " << f.file_bytes
+    << ", \"payload_bytes\": " << f.payload_bytes
+    << ", \"images_per_second_1_thread\": " << f.int_ips_1
+    << ", \"images_per_second_all_threads\": " << f.int_ips_n << "}\n}\n";
+  return o.str();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -448,6 +721,11 @@ int main(int argc, char** argv) {
         std::printf("FP32 checkpoint saved to %s\n", s.checkpoint.c_str());
       }
     }
+
+    // The FP32 reference of the deployment table: a copy of the trained network.
+    std::mt19937 copy_rng(0);
+    auto fp32_net = nn::demo_cnn(10, 1, copy_rng);
+    copy_state(*net, *fp32_net);
 
     {
       mixq::autodiff::ftensor probe({256, 1, 28, 28});
@@ -488,6 +766,27 @@ int main(int argc, char** argv) {
                   100.0 * result.finetune.test_accuracy);
     write_text(svg, bits_svg(result, title));
     std::printf("wrote %s and %s\n", json.c_str(), svg.c_str());
+    if (s.deploy) {
+      const auto f = run_deployment(*net, *fp32_net, result, sets.test,
+                                    std::filesystem::path(s.out) / (stem + ".mixq"));
+      print_deployment(f);
+      const auto deploy_json = std::filesystem::path(s.out) / (stem + "-deploy.json");
+      write_text(deploy_json, deployment_json(f, json.filename().string()));
+      std::printf("wrote %s\n", deploy_json.c_str());
+      if (f.deployable && f.disagreements != 0) {
+        std::cerr << "error: the integer model's predictions differ from the fake-quant model's "
+                     "on "
+                  << f.disagreements << " of " << f.samples
+                  << " test images (expected none: both decode the same codes)\n";
+        return 3;
+      }
+      if (f.deployable && (!f.reload_identical || !f.threads_identical)) {
+        std::cerr << "error: the integer model's outputs are not bit-identical "
+                  << (!f.reload_identical ? "after save and load" : "on 1 and on all threads")
+                  << "\n";
+        return 3;
+      }
+    }
   } catch (const mixq::error& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;
