@@ -1,7 +1,8 @@
-// deploy::compile: turns a trained model with quantized layers and its fixed_policy into an
-// integer_model. Weight codes and activation grids come from the policy's own quantizers
-// (one definition for simulation and inference); batch norms fold into the preceding layer's
-// output map; the kernel of each layer is picked from the measured kernel table at run time.
+// deploy::compile: turns a trained model with quantized layers and its precision policy (a
+// deployable_policy: nn::fixed_policy, search::bmpq_policy) into an integer_model. Weight
+// codes and activation grids come from the policy's own quantizers (one definition for
+// simulation and inference); batch norms fold into the preceding layer's output map; the
+// kernel of each layer is picked from the measured kernel table at run time.
 #pragma once
 
 #include <algorithm>
