@@ -505,6 +505,7 @@ timed_logits run_set(const data::dataset& ds, Forward&& forward) {
 }
 
 std::vector<std::size_t> predictions(const timed_logits& t) {
+  if (t.classes == 0) return {};
   std::vector<std::size_t> p(t.logits.size() / t.classes);
   for (std::size_t i = 0; i < p.size(); ++i) {
     const float* row = t.logits.data() + i * t.classes;
