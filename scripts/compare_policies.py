@@ -66,6 +66,7 @@ def main():
     os.makedirs(a.out, exist_ok=True)
 
     results = {}  # (policy, budget) -> list of result dicts
+    failed = {}  # (policy, budget) -> seeds whose run failed
     t_start = time.time()
     for seed in seeds:
         ckpt = os.path.join(a.out, f"fp32-s{seed}.bin")
@@ -80,9 +81,11 @@ def main():
                     print("+", " ".join(cmd), flush=True)
                     with open(os.path.join(a.out, stem + ".log"), "w") as log:
                         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-                    if rc != 0:
-                        sys.exit(f"compare_policies: run failed (exit {rc}); see "
-                                 f"{os.path.join(a.out, stem + '.log')}")
+                    if rc != 0:  # keep going: one failed run must not lose the sweep
+                        print(f"compare_policies: {stem} failed (exit {rc}); see "
+                              f"{os.path.join(a.out, stem + '.log')}", flush=True)
+                        failed.setdefault((policy, budget), []).append(seed)
+                        continue
                 with open(path) as f:
                     results.setdefault((policy, budget), []).append(json.load(f))
 
@@ -102,7 +105,11 @@ def main():
         uni = results.get(("uniform", budget))
         uni_mean = stats([r["phases"]["finetune"]["test_accuracy"] for r in uni])[0] if uni else None
         for policy in policies:
-            rs = results[(policy, budget)]
+            rs = results.get((policy, budget), [])
+            bad = failed.get((policy, budget), [])
+            if not rs:
+                lines.append(f"| {budget.upper()} | {policy} | failed (seeds {bad}) | | | | | | |")
+                continue
             acc = [r["phases"]["finetune"]["test_accuracy"] for r in rs]
             mean, sd, lo, hi = stats(acc)
             search_s = stats([r["phases"]["search"]["seconds"] + r["phases"]["derive"]["seconds"]
@@ -113,7 +120,8 @@ def main():
             lines.append(
                 f"| {budget.upper()} | {policy} | {pct(mean)} ± {pct(sd)} | {pct(lo)}–{pct(hi)} "
                 f"| {pct(uni_mean) if uni_mean is not None else '–'} | {delta} "
-                f"| {100 * used:.1f}% | {search_s:.1f} | {total_s:.1f} |")
+                f"| {100 * used:.1f}% | {search_s:.1f} | {total_s:.1f} |"
+                + (f" failed seeds: {bad}" if bad else ""))
     lines += ["", f"Sweep wall time (runs made now): {time.time() - t_start:.0f} s."]
     table = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "compare.md"), "w") as f:
