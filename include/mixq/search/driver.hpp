@@ -357,6 +357,23 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
   auto epoch_label = [](const char* phase, std::size_t e, std::size_t n) {
     return mixq::detail::cat(phase, " ", e + 1, "/", n);
   };
+  // Weight training for `epochs` epochs over `set` with a cosine lr schedule (warm-up and
+  // finetune), each epoch recorded in r.epochs under `record`; after_epoch(e) may replace opt.
+  auto train_phase = [&](const char* label, const char* record, std::size_t epochs,
+                         detail::index_batches& set, nn::sgd& opt,
+                         const std::function<void(std::size_t)>& after_epoch) {
+    const nn::cosine_schedule sched{epochs * set.size()};
+    for (std::size_t e = 0; e < epochs; ++e) {
+      set.set_epoch(e);
+      auto lo = loop_opts(epoch_label(label, e, epochs));
+      lo.first_step = e * set.size();
+      lo.on_step = [&](std::size_t st) { opt.set_lr_factor(sched.factor(st)); };
+      const auto s = nn::train_epoch(model, opt, set, lo);
+      r.epochs.push_back(
+          {record, e, s.loss, s.accuracy, std::numeric_limits<double>::quiet_NaN(), s.seconds});
+      if (after_epoch) after_epoch(e);
+    }
+  };
 
   log << "search [" << o.policy_name << "]: " << costs.size() << " quantized layers, "
       << train_idx.size() << " train / " << val_idx.size() << " validation / " << n_test
@@ -376,16 +393,7 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
   if (o.warmup_epochs) {
     const auto t0 = clock::now();
     auto opt = detail::make_weight_optimizer(model, warm_policy, o, o.lr);
-    const nn::cosine_schedule sched{o.warmup_epochs * train.size()};
-    for (std::size_t e = 0; e < o.warmup_epochs; ++e) {
-      train.set_epoch(e);
-      auto lo = loop_opts(epoch_label("warm-up", e, o.warmup_epochs));
-      lo.first_step = e * train.size();
-      lo.on_step = [&](std::size_t s) { opt.set_lr_factor(sched.factor(s)); };
-      const auto s = nn::train_epoch(model, opt, train, lo);
-      r.epochs.push_back(
-          {"warmup", e, s.loss, s.accuracy, std::numeric_limits<double>::quiet_NaN(), s.seconds});
-    }
+    train_phase("warm-up", "warmup", o.warmup_epochs, train, opt, {});
     r.warmup.ran = true;
     r.warmup.epochs = o.warmup_epochs;
     r.warmup.seconds = detail::seconds_since(t0);
@@ -522,15 +530,7 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
   if (o.finetune_epochs) {
     const auto t0 = clock::now();
     auto opt = detail::make_weight_optimizer(model, active, o, o.finetune_lr);
-    const nn::cosine_schedule sched{o.finetune_epochs * all_train.size()};
-    for (std::size_t e = 0; e < o.finetune_epochs; ++e) {
-      all_train.set_epoch(e);
-      auto lo = loop_opts(epoch_label("finetune", e, o.finetune_epochs));
-      lo.first_step = e * all_train.size();
-      lo.on_step = [&](std::size_t s) { opt.set_lr_factor(sched.factor(s)); };
-      const auto s = nn::train_epoch(model, opt, all_train, lo);
-      r.epochs.push_back(
-          {"finetune", e, s.loss, s.accuracy, std::numeric_limits<double>::quiet_NaN(), s.seconds});
+    train_phase("finetune", "finetune", o.finetune_epochs, all_train, opt, [&](std::size_t e) {
       if constexpr (allocation_policy<P>) {
         if (auto next = policy.on_epoch_end(ctx, b, e); next && *next != r.config) {
           detail::check_config(*next, costs, b, "search::run: the re-allocated");
@@ -542,8 +542,10 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
             opt = detail::make_weight_optimizer(model, active, o, o.finetune_lr);
           }
         }
+      } else {
+        (void)e;
       }
-    }
+    });
     r.finetune.ran = true;
     r.finetune.epochs = o.finetune_epochs;
     r.finetune.seconds = detail::seconds_since(t0);
