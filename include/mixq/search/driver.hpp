@@ -225,6 +225,9 @@ struct search_options {
   /// Per-channel symmetric weights by default: unlike DoReFa's tanh normalisation they keep
   /// a trained model's weight scale, so the batch-norm statistics still fit at the start.
   nn::fixed_policy_options fixed_options = default_fixed_options();
+  /// Batches over which the batch norms' running statistics are re-estimated whenever a
+  /// fixed config is attached for the finetune (0: keep the stored statistics).
+  std::size_t bn_recalibration_batches = 20;
 
   static nn::fixed_policy_options default_fixed_options() {
     nn::fixed_policy_options f;
@@ -250,6 +253,34 @@ inline nn::sgd make_weight_optimizer(nn::module& model, nn::precision_policy* po
   if (policy)
     for (auto& p : policy->parameters()) plain.params.push_back(p);
   return nn::sgd({decayed, plain});
+}
+
+inline void collect_batch_norms(nn::module& m, std::vector<nn::batch_norm2d*>& out) {
+  if (auto* bn = dynamic_cast<nn::batch_norm2d*>(&m)) out.push_back(bn);
+  for (auto& [name, c] : m.children()) collect_batch_norms(*c, out);
+}
+
+/// Re-estimates every batch norm's running statistics under the attached precision policy:
+/// the cumulative average over the first `batches` batches of `set` (train-mode forwards, no
+/// graph, weights untouched). Quantizing a trained model shifts the statistics its FP32
+/// training stored; without this the first evaluation at low bits is near chance.
+inline void recalibrate_batch_norms(nn::module& model, index_batches& set, std::size_t batches) {
+  std::vector<nn::batch_norm2d*> bns;
+  collect_batch_norms(model, bns);
+  batches = std::min(batches, set.size());
+  if (bns.empty() || batches == 0) return;
+  std::vector<float> momentum;
+  for (auto* bn : bns) momentum.push_back(bn->momentum());
+  const bool was_training = model.is_training();
+  model.train();
+  set.set_epoch(0);
+  autodiff::no_grad ng;
+  for (std::size_t i = 0; i < batches; ++i) {
+    for (auto* bn : bns) bn->set_momentum(1.0f / float(i + 1));  // running mean of batches
+    (void)model(autodiff::constant(set[i].images));
+  }
+  for (std::size_t k = 0; k < bns.size(); ++k) bns[k]->set_momentum(momentum[k]);
+  model.train(was_training);
 }
 
 inline void check_config(const bit_config& c, std::span<const layer_cost> costs, const budget& b,
@@ -524,6 +555,7 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
       active = fixed.get();
     }
     nn::attach_policy(model, *active);
+    detail::recalibrate_batch_norms(model, all_train, o.bn_recalibration_batches);
   };
   attach_config(r.config);
   evaluate_into(r.derive);
