@@ -11,8 +11,9 @@
 //   search_fashion_mnist [--policy uniform] [--budget w3a3] [--budget-kind bitops|size]
 //                        [--epochs 1] [--warmup-epochs 0] [--finetune-epochs 1]
 //                        [--fp32-epochs 2] [--checkpoint PATH] [--seed 1] [--out DIR]
-//                        [--bits 1,2,3,4,5,6,7,8] [--batch 64] [--lr 0.01] [--arch-lr 0.003
-//                        (fracbits: 0.03)]
+//                        [--bits 1,2,3,4,5,6,7,8] [--batch 64] [--lr 0.01] [--finetune-lr LR]
+//                        [--arch-lr 0.003 (fracbits: 0.03)]
+//                        [--finetune-quantizer pact|lsq]
 //                        [--limit-train N] [--limit-test N] [--data-dir DIR] [--no-deploy]
 #include <algorithm>
 #include <chrono>
@@ -98,10 +99,14 @@ void add_differentiable_policies([[maybe_unused]] Map& m) {
 
 struct settings {
   std::string policy = "uniform", budget = "w3a3", budget_kind = "bitops";
+  /// The finetune's quantizers: pact (per-channel symmetric weights, PACT activations; the
+  /// driver's default) or lsq (LSQ steps for weights and activations).
+  std::string finetune_quantizer = "pact";
   std::size_t epochs = 1, warmup_epochs = 0, finetune_epochs = 1, fp32_epochs = 2;
   std::size_t batch = 64, limit_train = 0, limit_test = 0;
-  float lr = 0.01f;
-  float arch_lr = -1;  // < 0: the policy's default (default_arch_lr)
+  float lr = 0.01f;        // FP32 training, warm-up and search weights
+  float finetune_lr = -1;  // < 0: lr
+  float arch_lr = -1;      // < 0: the policy's default (default_arch_lr)
   std::uint64_t seed = 1;
   std::string checkpoint, out = "search-out", data_dir = data::fashion_mnist_default_dir;
   std::vector<int> bits{1, 2, 3, 4, 5, 6, 7, 8};
@@ -194,7 +199,8 @@ std::map<std::string, policy_runner> available_policies() {
             << "\nusage: search_fashion_mnist [--policy NAME] [--budget wXaY] "
                "[--budget-kind bitops|size] [--epochs N] [--warmup-epochs N] "
                "[--finetune-epochs N] [--fp32-epochs N] [--checkpoint PATH] [--seed N] "
-               "[--out DIR] [--bits LIST] [--batch N] [--lr X] [--arch-lr X] "
+               "[--out DIR] [--finetune-quantizer pact|lsq] [--bits LIST] [--batch N] [--lr X] "
+               "[--finetune-lr X] [--arch-lr X] "
                "[--limit-train N] [--limit-test N] [--data-dir DIR] [--no-deploy]\n";
   std::exit(2);
 }
@@ -271,6 +277,10 @@ settings parse(int argc, char** argv) {
         s.batch = std::stoul(v);
       else if (a == "--lr")
         s.lr = std::stof(v);
+      else if (a == "--finetune-quantizer")
+        s.finetune_quantizer = v;
+      else if (a == "--finetune-lr")
+        s.finetune_lr = std::stof(v);
       else if (a == "--arch-lr")
         s.arch_lr = std::stof(v);
       else if (a == "--limit-train")
@@ -291,6 +301,8 @@ settings parse(int argc, char** argv) {
     for (auto& [n, r] : policies) names += (names.empty() ? "" : ", ") + n;
     usage("unknown policy '" + s.policy + "'; valid policies in this build: " + names);
   }
+  if (s.finetune_quantizer != "pact" && s.finetune_quantizer != "lsq")
+    usage("unknown finetune quantizer '" + s.finetune_quantizer + "'; expected pact or lsq");
   if (s.budget_kind != "bitops" && s.budget_kind != "size")
     usage("unknown budget kind '" + s.budget_kind + "'; expected bitops or size");
   parse_wa(s.budget);
@@ -745,9 +757,14 @@ int main(int argc, char** argv) {
     o.search_epochs = s.epochs;
     o.finetune_epochs = s.finetune_epochs;
     o.batch_size = s.batch;
-    o.lr = o.finetune_lr = s.lr;
+    o.lr = s.lr;
+    o.finetune_lr = s.finetune_lr >= 0 ? s.finetune_lr : s.lr;
     o.arch_lr = s.arch_lr >= 0 ? s.arch_lr : default_arch_lr(s.policy);
     o.seed = s.seed;
+    if (s.finetune_quantizer == "lsq") {
+      o.fixed_options.weights = nn::weight_quantizer::lsq;
+      o.fixed_options.activations = nn::activation_quantizer::lsq;
+    }
     o.policy_name = s.policy;
     o.min_w_bits = o.min_a_bits = s.bits.front();
     const search::search_data d{{sets.train.images, sets.train.labels},

@@ -48,6 +48,8 @@ def main():
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--out", default="compare-out")
     ap.add_argument("--force", action="store_true", help="rerun even if a result exists")
+    ap.add_argument("--table-only", action="store_true",
+                    help="run nothing: tabulate the results already in --out")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: passed to the example")
     a = ap.parse_args()
     extra = a.extra[1:] if a.extra[:1] == ["--"] else a.extra
@@ -66,6 +68,8 @@ def main():
     os.makedirs(a.out, exist_ok=True)
 
     results = {}  # (policy, budget) -> list of result dicts
+    failed = {}  # (policy, budget) -> seeds whose run failed
+    missing = {}  # (policy, budget) -> seeds not run (--table-only)
     t_start = time.time()
     for seed in seeds:
         ckpt = os.path.join(a.out, f"fp32-s{seed}.bin")
@@ -73,6 +77,9 @@ def main():
             for policy in policies:
                 stem = f"{policy}-{budget}-{a.budget_kind}-s{seed}"
                 path = os.path.join(a.out, stem + ".json")
+                if a.table_only and not os.path.exists(path):
+                    missing.setdefault((policy, budget), []).append(seed)
+                    continue
                 if a.force or not os.path.exists(path):
                     cmd = [a.binary, "--policy", policy, "--budget", budget, "--budget-kind",
                            a.budget_kind, "--seed", str(seed), "--checkpoint", ckpt,
@@ -80,9 +87,11 @@ def main():
                     print("+", " ".join(cmd), flush=True)
                     with open(os.path.join(a.out, stem + ".log"), "w") as log:
                         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-                    if rc != 0:
-                        sys.exit(f"compare_policies: run failed (exit {rc}); see "
-                                 f"{os.path.join(a.out, stem + '.log')}")
+                    if rc != 0:  # keep going: one failed run must not lose the sweep
+                        print(f"compare_policies: {stem} failed (exit {rc}); see "
+                              f"{os.path.join(a.out, stem + '.log')}", flush=True)
+                        failed.setdefault((policy, budget), []).append(seed)
+                        continue
                 with open(path) as f:
                     results.setdefault((policy, budget), []).append(json.load(f))
 
@@ -94,15 +103,21 @@ def main():
         f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); example arguments: "
         f"`{' '.join(extra) if extra else '(defaults)'}`.",
         "",
-        "| budget | policy | finetuned acc. % (mean ± sd) | min–max | uniform % | Δ vs uniform "
-        "| budget used | search s (mean) | total s (mean) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| budget | policy | runs | finetuned acc. % (mean ± sd) | min–max | uniform % "
+        "| Δ vs uniform | budget used | search s (mean) | total s (mean) | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for budget in budgets:
         uni = results.get(("uniform", budget))
         uni_mean = stats([r["phases"]["finetune"]["test_accuracy"] for r in uni])[0] if uni else None
         for policy in policies:
-            rs = results[(policy, budget)]
+            rs = results.get((policy, budget), [])
+            bad = failed.get((policy, budget), [])
+            notrun = missing.get((policy, budget), [])
+            if not rs:
+                why = f"failed (seeds {bad})" if bad else f"not run (seeds {notrun})"
+                lines.append(f"| {budget.upper()} | {policy} | 0 | {why} | | | | | | | |")
+                continue
             acc = [r["phases"]["finetune"]["test_accuracy"] for r in rs]
             mean, sd, lo, hi = stats(acc)
             search_s = stats([r["phases"]["search"]["seconds"] + r["phases"]["derive"]["seconds"]
@@ -111,9 +126,12 @@ def main():
             used = stats([r["totals"]["budget_usage"] for r in rs])[0]
             delta = f"{100 * (mean - uni_mean):+.2f}" if uni_mean is not None else "–"
             lines.append(
-                f"| {budget.upper()} | {policy} | {pct(mean)} ± {pct(sd)} | {pct(lo)}–{pct(hi)} "
+                f"| {budget.upper()} | {policy} | {len(rs)} | {pct(mean)} ± {pct(sd)} "
+                f"| {pct(lo)}–{pct(hi)} "
                 f"| {pct(uni_mean) if uni_mean is not None else '–'} | {delta} "
-                f"| {100 * used:.1f}% | {search_s:.1f} | {total_s:.1f} |")
+                f"| {100 * used:.1f}% | {search_s:.1f} | {total_s:.1f} | "
+                + (f"failed seeds: {bad} " if bad else "")
+                + (f"seeds not run: {notrun}" if notrun else "") + " |")
     lines += ["", f"Sweep wall time (runs made now): {time.time() - t_start:.0f} s."]
     table = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "compare.md"), "w") as f:

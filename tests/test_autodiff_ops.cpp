@@ -8,18 +8,14 @@
 #include <random>
 
 #include "mixq/autodiff.hpp"
+#include "test_util.hpp"
 
 using namespace mixq;
 using namespace mixq::autodiff;
 
-namespace {
+using mixq::test::random_tensor;
 
-ftensor random_tensor(shape_t s, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
-  ftensor t(std::move(s));
-  std::uniform_real_distribution<float> u(lo, hi);
-  for (auto& v : t) v = u(rng);
-  return t;
-}
+namespace {
 
 /// Values (k + 0.3) * spacing for k around 0, in random order: no two (nor two magnitudes)
 /// within 2h of each other and none within h of zero, so kinks (relu, max, abs, pooling)

@@ -17,21 +17,10 @@ namespace mk = mixq::kernels;
 using mixq::bitwidth;
 using mixq::tensor;
 
+using mixq::test::all_bitwidths;
+using mixq::test::supported_paths;
+
 namespace {
-
-std::vector<mk::isa> supported_paths() {
-  std::vector<mk::isa> v;
-  for (mk::isa i : mk::all_isas)
-    if (mk::isa_supported(i)) v.push_back(i);
-  return v;
-}
-
-std::vector<bitwidth> all_bitwidths() {
-  std::vector<bitwidth> v;
-  for (bool s : {false, true})
-    for (int b = 1; b <= 8; ++b) v.push_back({b, s});
-  return v;
-}
 
 /// One convolution to check.
 struct conv_case {

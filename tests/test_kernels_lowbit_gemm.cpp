@@ -11,9 +11,13 @@
 
 #include "mixq/core/aligned.hpp"
 #include "mixq/kernels.hpp"
+#include "test_util.hpp"
 
 namespace mk = mixq::kernels;
 using mixq::bitwidth;
+
+using mixq::test::all_bitwidths;
+using mixq::test::supported_paths;
 
 namespace {
 struct operand {
@@ -35,18 +39,6 @@ struct operand {
   mk::bitplane_view view() const { return {type, rows, k, words, bits.data()}; }
 };
 
-std::vector<bitwidth> all_bitwidths() {
-  std::vector<bitwidth> v;
-  for (bool s : {false, true})
-    for (int b = 1; b <= 8; ++b) v.push_back({b, s});
-  return v;
-}
-std::vector<mk::isa> supported_paths() {
-  std::vector<mk::isa> v;
-  for (mk::isa i : mk::all_isas)
-    if (mk::isa_supported(i)) v.push_back(i);
-  return v;
-}
 }  // namespace
 
 TEST_CASE("gemm_u8s8s32 against dot products, ragged shapes and strides") {

@@ -9,18 +9,14 @@
 
 #include "mixq/nn.hpp"
 #include "mixq/nn/fixed_policy.hpp"
+#include "test_util.hpp"
 
 using namespace mixq;
 using namespace mixq::nn;
 namespace ad = mixq::autodiff;
+using mixq::test::random_tensor;
 
 namespace {
-ad::ftensor uniform_tensor(shape_t s, std::mt19937& rng, float lo, float hi) {
-  ad::ftensor t(std::move(s));
-  std::uniform_real_distribution<float> d(lo, hi);
-  for (auto& v : t) v = d(rng);
-  return t;
-}
 
 struct tiny_net {
   std::shared_ptr<sequential> net = std::make_shared<sequential>();
@@ -46,7 +42,7 @@ TEST_CASE("fixed_policy: forward equals the manual fake-quant computation") {
   fixed_policy policy(cfg, opt);
   attach_policy(*m.net, policy);
   CHECK(policy.parameters().size() == 3);
-  const ad::ftensor x = uniform_tensor({2, 1, 8, 8}, rng, -1.5f, 1.5f);
+  const ad::ftensor x = random_tensor({2, 1, 8, 8}, rng, -1.5f, 1.5f);
   const var y = (*m.net)(ad::constant(x));
 
   ad::no_grad ng;
@@ -92,9 +88,9 @@ TEST_CASE("fixed_policy: every weight/activation quantizer choice runs and its c
       opt.activations = aq;
       fixed_policy policy({{1, 3, 8}, {4, 2, 8}}, opt);
       attach_policy(*m.net, policy);
-      const ad::ftensor x = uniform_tensor({2, 1, 8, 8}, rng, 0.0f, 1.0f);
+      const ad::ftensor x = random_tensor({2, 1, 8, 8}, rng, 0.0f, 1.0f);
       const var y = (*m.net)(ad::constant(x));
-      const ad::ftensor r = uniform_tensor(y.shape(), rng, -1, 1);
+      const ad::ftensor r = random_tensor(y.shape(), rng, -1, 1);
       ad::backward(y, &r);
       // Every quantizer parameter gets a gradient, except the LSQ step of the 1-bit layer 0
       // (1-bit LSQ weights fall back to the mean-|w| sign quantizer).
@@ -161,8 +157,8 @@ TEST_CASE("fixed_policy: an alpha trained below zero is floored at min_alpha, ge
   opt.min_alpha = 0.25f;
   fixed_policy policy(quant::bit_config::uniform(3, 2, 1), opt);
   attach_policy(*m.net, policy);
-  const ad::ftensor x = uniform_tensor({2, 1, 8, 8}, rng, -1.0f, 1.0f);
-  const ad::ftensor h = uniform_tensor({2, 4, 8, 8}, rng, -0.5f, 1.0f);
+  const ad::ftensor x = random_tensor({2, 1, 8, 8}, rng, -1.0f, 1.0f);
+  const ad::ftensor h = random_tensor({2, 4, 8, 8}, rng, -0.5f, 1.0f);
   policy.alpha(1).value()[0] = -0.5f;  // as an optimizer step might leave it
   CHECK(policy.clip_value(1) == 0.25f);
   // The forward quantizes layer 1's input exactly as PACT with alpha = min_alpha.

@@ -16,14 +16,9 @@ using namespace mixq;
 using namespace mixq::autodiff;
 using namespace mixq::quant;
 
-namespace {
+using mixq::test::random_tensor;
 
-ftensor random_tensor(shape_t s, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
-  ftensor t(std::move(s));
-  std::uniform_real_distribution<float> u(lo, hi);
-  for (auto& v : t) v = u(rng);
-  return t;
-}
+namespace {
 
 /// Runs f on fresh trainable leaves, back-propagates the seed r (random, fixed), returns the
 /// output and every input's gradient.

@@ -10,19 +10,15 @@
 
 #include "mixq/autodiff.hpp"
 #include "mixq/quant.hpp"
+#include "test_util.hpp"
 
 using namespace mixq;
 using namespace mixq::autodiff;
 using namespace mixq::quant;
 
-namespace {
+using mixq::test::random_tensor;
 
-ftensor random_tensor(shape_t s, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
-  ftensor t(std::move(s));
-  std::uniform_real_distribution<float> u(lo, hi);
-  for (auto& v : t) v = u(rng);
-  return t;
-}
+namespace {
 
 /// sum r * y in double.
 double weighted(const var& y, const ftensor& r) {

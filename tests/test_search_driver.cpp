@@ -431,3 +431,40 @@ TEST_CASE("search_result JSON: malformed documents raise format_error") {
   CHECK_THROWS_AS(search::search_result::from_json(no_policy), mixq::format_error);
   CHECK_THROWS_AS(r.write_json("/nonexistent-dir/x/result.json"), mixq::io_error);
 }
+
+TEST_CASE("recalibrate_batch_norms: running statistics are the average over the batches") {
+  std::mt19937 rng(4);
+  auto net = std::make_shared<nn::sequential>();
+  auto conv = net->add(std::make_shared<nn::quantized_conv2d>(1, 3, 3, 1, 1, 1, false, rng));
+  auto bn = net->add(std::make_shared<nn::batch_norm2d>(3));
+  nn::fixed_policy policy(bit_config::uniform(1, 2, 2));
+  nn::attach_policy(*net, policy);
+  net->eval();
+  const auto d = make_data(40, 9);
+  std::vector<std::size_t> idx(40);
+  for (std::size_t i = 0; i < idx.size(); ++i) idx[i] = i;
+  const search::labelled_set data{d.images, d.labels};  // index_batches keeps a pointer
+  search::detail::index_batches set(data, idx, 8, true, 3);
+  // The reference: per-channel mean of the conv output on each of the first 3 batches (the
+  // same shuffled order), averaged.
+  set.set_epoch(0);
+  std::vector<double> want(3, 0.0);
+  for (std::size_t b = 0; b < 3; ++b) {
+    ad::no_grad ng;
+    const auto y = (*conv)(ad::constant(set[b].images)).value();
+    const std::size_t n = y.shape()[0], hw = y.shape()[2] * y.shape()[3];
+    for (std::size_t c = 0; c < 3; ++c) {
+      double s = 0;
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t p = 0; p < hw; ++p) s += y[(i * 3 + c) * hw + p];
+      want[c] += s / double(n * hw) / 3.0;
+    }
+  }
+  bn->running_mean.value() = ad::ftensor({3}, 123.0f);  // stale statistics
+  search::detail::recalibrate_batch_norms(*net, set, 3);
+  for (std::size_t c = 0; c < 3; ++c)
+    CHECK(bn->running_mean.value()[c] == doctest::Approx(want[c]).epsilon(1e-4));
+  CHECK(bn->momentum() == doctest::Approx(0.1f));  // restored
+  CHECK_FALSE(net->is_training());                 // mode restored
+  CHECK_THROWS_AS(bn->set_momentum(0.0f), mixq::value_error);
+}

@@ -94,25 +94,17 @@ class q_inverted_residual : public module {
 };
 
 std::shared_ptr<sequential> q_mobilenet_v2(std::mt19937& rng) {
-  struct setting {
-    std::size_t t, c, n, s;
-  };
-  const std::array<setting, 7> settings{{{1, 16, 1, 1},
-                                         {6, 24, 2, 2},
-                                         {6, 32, 3, 2},
-                                         {6, 64, 4, 2},
-                                         {6, 96, 3, 1},
-                                         {6, 160, 3, 2},
-                                         {6, 320, 1, 1}}};
   auto net = std::make_shared<sequential>();
   net->add(std::make_shared<quantized_conv2d>(3, 32, 3, 2, 1, 1, false, rng));
   net->add(std::make_shared<batch_norm2d>(32));
   net->add(std::make_shared<relu>());
   std::size_t in = 32;
-  for (const auto& st : settings)
-    for (std::size_t r = 0; r < st.n; ++r) {
-      net->add(std::make_shared<q_inverted_residual>(in, st.c, r == 0 ? st.s : 1, st.t, rng));
-      in = st.c;
+  for (const auto& st : search::mobilenet_v2_stages)
+    for (std::int64_t r = 0; r < st.repeats; ++r) {
+      const auto out = std::size_t(st.channels);
+      net->add(std::make_shared<q_inverted_residual>(in, out, r == 0 ? std::size_t(st.stride) : 1,
+                                                     std::size_t(st.expand), rng));
+      in = out;
     }
   net->add(std::make_shared<quantized_conv2d>(in, 1280, 1, 1, 0, 1, false, rng));
   net->add(std::make_shared<batch_norm2d>(1280));

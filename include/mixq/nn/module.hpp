@@ -177,6 +177,12 @@ class batch_norm2d : public module {
   var weight, bias, running_mean, running_var;
   float eps() const noexcept { return eps_; }
   float momentum() const noexcept { return momentum_; }
+  /// The weight of a batch's statistics in the running averages, in (0, 1].
+  void set_momentum(float m) {
+    if (!(m > 0.0f && m <= 1.0f))
+      throw value_error(mixq::detail::cat("batch_norm2d: momentum ", m, "; expected 0 < m <= 1"));
+    momentum_ = m;
+  }
 
  private:
   float momentum_, eps_;

@@ -225,6 +225,9 @@ struct search_options {
   /// Per-channel symmetric weights by default: unlike DoReFa's tanh normalisation they keep
   /// a trained model's weight scale, so the batch-norm statistics still fit at the start.
   nn::fixed_policy_options fixed_options = default_fixed_options();
+  /// Batches over which the batch norms' running statistics are re-estimated whenever a
+  /// fixed config is attached for the finetune (0: keep the stored statistics).
+  std::size_t bn_recalibration_batches = 20;
 
   static nn::fixed_policy_options default_fixed_options() {
     nn::fixed_policy_options f;
@@ -250,6 +253,34 @@ inline nn::sgd make_weight_optimizer(nn::module& model, nn::precision_policy* po
   if (policy)
     for (auto& p : policy->parameters()) plain.params.push_back(p);
   return nn::sgd({decayed, plain});
+}
+
+inline void collect_batch_norms(nn::module& m, std::vector<nn::batch_norm2d*>& out) {
+  if (auto* bn = dynamic_cast<nn::batch_norm2d*>(&m)) out.push_back(bn);
+  for (auto& [name, c] : m.children()) collect_batch_norms(*c, out);
+}
+
+/// Re-estimates every batch norm's running statistics under the attached precision policy:
+/// the cumulative average over the first `batches` batches of `set` (train-mode forwards, no
+/// graph, weights untouched). Quantizing a trained model shifts the statistics its FP32
+/// training stored; without this the first evaluation at low bits is near chance.
+inline void recalibrate_batch_norms(nn::module& model, index_batches& set, std::size_t batches) {
+  std::vector<nn::batch_norm2d*> bns;
+  collect_batch_norms(model, bns);
+  batches = std::min(batches, set.size());
+  if (bns.empty() || batches == 0) return;
+  std::vector<float> momentum;
+  for (auto* bn : bns) momentum.push_back(bn->momentum());
+  const bool was_training = model.is_training();
+  model.train();
+  set.set_epoch(0);
+  autodiff::no_grad ng;
+  for (std::size_t i = 0; i < batches; ++i) {
+    for (auto* bn : bns) bn->set_momentum(1.0f / float(i + 1));  // running mean of batches
+    (void)model(autodiff::constant(set[i].images));
+  }
+  for (std::size_t k = 0; k < bns.size(); ++k) bns[k]->set_momentum(momentum[k]);
+  model.train(was_training);
 }
 
 inline void check_config(const bit_config& c, std::span<const layer_cost> costs, const budget& b,
@@ -357,6 +388,23 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
   auto epoch_label = [](const char* phase, std::size_t e, std::size_t n) {
     return mixq::detail::cat(phase, " ", e + 1, "/", n);
   };
+  // Weight training for `epochs` epochs over `set` with a cosine lr schedule (warm-up and
+  // finetune), each epoch recorded in r.epochs under `record`; after_epoch(e) may replace opt.
+  auto train_phase = [&](const char* label, const char* record, std::size_t epochs,
+                         detail::index_batches& set, nn::sgd& opt,
+                         const std::function<void(std::size_t)>& after_epoch) {
+    const nn::cosine_schedule sched{epochs * set.size()};
+    for (std::size_t e = 0; e < epochs; ++e) {
+      set.set_epoch(e);
+      auto lo = loop_opts(epoch_label(label, e, epochs));
+      lo.first_step = e * set.size();
+      lo.on_step = [&](std::size_t st) { opt.set_lr_factor(sched.factor(st)); };
+      const auto s = nn::train_epoch(model, opt, set, lo);
+      r.epochs.push_back(
+          {record, e, s.loss, s.accuracy, std::numeric_limits<double>::quiet_NaN(), s.seconds});
+      if (after_epoch) after_epoch(e);
+    }
+  };
 
   log << "search [" << o.policy_name << "]: " << costs.size() << " quantized layers, "
       << train_idx.size() << " train / " << val_idx.size() << " validation / " << n_test
@@ -376,16 +424,7 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
   if (o.warmup_epochs) {
     const auto t0 = clock::now();
     auto opt = detail::make_weight_optimizer(model, warm_policy, o, o.lr);
-    const nn::cosine_schedule sched{o.warmup_epochs * train.size()};
-    for (std::size_t e = 0; e < o.warmup_epochs; ++e) {
-      train.set_epoch(e);
-      auto lo = loop_opts(epoch_label("warm-up", e, o.warmup_epochs));
-      lo.first_step = e * train.size();
-      lo.on_step = [&](std::size_t s) { opt.set_lr_factor(sched.factor(s)); };
-      const auto s = nn::train_epoch(model, opt, train, lo);
-      r.epochs.push_back(
-          {"warmup", e, s.loss, s.accuracy, std::numeric_limits<double>::quiet_NaN(), s.seconds});
-    }
+    train_phase("warm-up", "warmup", o.warmup_epochs, train, opt, {});
     r.warmup.ran = true;
     r.warmup.epochs = o.warmup_epochs;
     r.warmup.seconds = detail::seconds_since(t0);
@@ -516,21 +555,14 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
       active = fixed.get();
     }
     nn::attach_policy(model, *active);
+    detail::recalibrate_batch_norms(model, all_train, o.bn_recalibration_batches);
   };
   attach_config(r.config);
   evaluate_into(r.derive);
   if (o.finetune_epochs) {
     const auto t0 = clock::now();
     auto opt = detail::make_weight_optimizer(model, active, o, o.finetune_lr);
-    const nn::cosine_schedule sched{o.finetune_epochs * all_train.size()};
-    for (std::size_t e = 0; e < o.finetune_epochs; ++e) {
-      all_train.set_epoch(e);
-      auto lo = loop_opts(epoch_label("finetune", e, o.finetune_epochs));
-      lo.first_step = e * all_train.size();
-      lo.on_step = [&](std::size_t s) { opt.set_lr_factor(sched.factor(s)); };
-      const auto s = nn::train_epoch(model, opt, all_train, lo);
-      r.epochs.push_back(
-          {"finetune", e, s.loss, s.accuracy, std::numeric_limits<double>::quiet_NaN(), s.seconds});
+    train_phase("finetune", "finetune", o.finetune_epochs, all_train, opt, [&](std::size_t e) {
       if constexpr (allocation_policy<P>) {
         if (auto next = policy.on_epoch_end(ctx, b, e); next && *next != r.config) {
           detail::check_config(*next, costs, b, "search::run: the re-allocated");
@@ -542,8 +574,10 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
             opt = detail::make_weight_optimizer(model, active, o, o.finetune_lr);
           }
         }
+      } else {
+        (void)e;
       }
-    }
+    });
     r.finetune.ran = true;
     r.finetune.epochs = o.finetune_epochs;
     r.finetune.seconds = detail::seconds_since(t0);

@@ -43,20 +43,24 @@ inline model_desc resnet18(std::int64_t image_size = 224, std::int64_t classes =
   return m;
 }
 
+/// One row of MobileNetV2's (t, c, n, s) table: expansion, output channels, repeats, stride of
+/// the first block.
+struct mobilenet_v2_stage {
+  std::int64_t expand, channels, repeats, stride;
+};
+inline constexpr std::array<mobilenet_v2_stage, 7> mobilenet_v2_stages{{{1, 16, 1, 1},
+                                                                        {6, 24, 2, 2},
+                                                                        {6, 32, 3, 2},
+                                                                        {6, 64, 4, 2},
+                                                                        {6, 96, 3, 1},
+                                                                        {6, 160, 3, 2},
+                                                                        {6, 320, 1, 1}}};
+
 /// MobileNetV2 1.0: conv 3x3/2 to 32, 17 inverted-residual blocks from the (t, c, n, s) table
 /// (1x1 expand unless t = 1, 3x3 depthwise with the stride, 1x1 project), 1x1 conv to 1280,
 /// FC 1280->1000 with bias.
 inline model_desc mobilenet_v2(std::int64_t image_size = 224, std::int64_t classes = 1000) {
-  struct stage_setting {
-    std::int64_t expand, channels, repeats, stride;
-  };
-  const std::array<stage_setting, 7> settings{{{1, 16, 1, 1},
-                                               {6, 24, 2, 2},
-                                               {6, 32, 3, 2},
-                                               {6, 64, 4, 2},
-                                               {6, 96, 3, 1},
-                                               {6, 160, 3, 2},
-                                               {6, 320, 1, 1}}};
+  const auto& settings = mobilenet_v2_stages;
   model_desc m;
   m.name = "mobilenet_v2";
   m.layers.push_back(make_conv("features.0", 3, 32, 3, 2, 1, image_size));
