@@ -941,7 +941,10 @@ class integer_model {
     std::int32_t* acc = sized(ctx.acc, pixels * oc);
     switch (fp.path) {
       case path_kind::direct:
-        detail::direct_conv(codes, g, *direct_[i], acc, 1);
+        if (direct_[i]->per_channel_depthwise())
+          detail::depthwise_codes(codes, g, direct_[i]->w.data(), acc);
+        else
+          detail::direct_conv(codes, g, *direct_[i], acc, 1);
         break;
       case path_kind::int8: {
         const detail::int8_conv_weights& w8 = *fp.int8;

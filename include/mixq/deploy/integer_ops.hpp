@@ -163,6 +163,51 @@ inline void int8_conv(const std::uint8_t* codes, const window_geometry& g,
   }
 }
 
+/// Depthwise convolution of NHWC u8 codes (one output per channel) with int32 weights
+/// w[tap * C + c]: out[pixel][c] = sum over the window's inside taps of code * weight. The
+/// channels go in blocks of 16 held in a local accumulator (one vector register), the window
+/// is clipped to the image once per pixel rather than tested per tap.
+inline void depthwise_codes(const std::uint8_t* in, const window_geometry& g, const std::int32_t* w,
+                            std::int32_t* out) {
+  const std::size_t C = g.c, k = g.k;
+  for (std::size_t b = 0; b < g.n; ++b)
+    for (std::size_t oy = 0; oy < g.oh; ++oy) {
+      const long y0 = long(oy * g.stride) - long(g.pad);
+      const std::size_t ky0 = std::size_t(std::max(0L, -y0));
+      const std::size_t ky1 = std::size_t(std::min(long(k), long(g.h) - y0));
+      for (std::size_t ox = 0; ox < g.ow; ++ox) {
+        const long x0 = long(ox * g.stride) - long(g.pad);
+        const std::size_t kx0 = std::size_t(std::max(0L, -x0));
+        const std::size_t kx1 = std::size_t(std::min(long(k), long(g.w) - x0));
+        std::int32_t* o = out + ((b * g.oh + oy) * g.ow + ox) * C;
+        std::size_t c0 = 0;
+        for (; c0 + 16 <= C; c0 += 16) {
+          std::int32_t acc[16] = {};
+          for (std::size_t ky = ky0; ky < ky1; ++ky) {
+            const std::uint8_t* row = in + ((b * g.h + std::size_t(y0 + long(ky))) * g.w) * C + c0;
+            for (std::size_t kx = kx0; kx < kx1; ++kx) {
+              const std::uint8_t* a = row + std::size_t(x0 + long(kx)) * C;
+              const std::int32_t* wt = w + (ky * k + kx) * C + c0;
+              for (int j = 0; j < 16; ++j) acc[j] += std::int32_t(a[j]) * wt[j];
+            }
+          }
+          for (int j = 0; j < 16; ++j) o[c0 + std::size_t(j)] = acc[j];
+        }
+        for (std::size_t c = c0; c < C; ++c) {
+          std::int32_t acc = 0;
+          for (std::size_t ky = ky0; ky < ky1; ++ky)
+            for (std::size_t kx = kx0; kx < kx1; ++kx)
+              acc += std::int32_t(in[((b * g.h + std::size_t(y0 + long(ky))) * g.w +
+                                      std::size_t(x0 + long(kx))) *
+                                         C +
+                                     c]) *
+                     w[(ky * k + kx) * C + c];
+          o[c] = acc;
+        }
+      }
+    }
+}
+
 /// Sum of the input codes of each output pixel's window, per group (padding adds 0), into
 /// `out` (N*OH*OW*groups): channel sums of each input pixel first (in `pixel`), then the
 /// window sums of those.
