@@ -89,6 +89,34 @@ void run_integer(benchmark::State& state, int which, std::size_t threads, int ke
                  (kernel == 1 ? ", bit-serial forced" : ""));
 }
 
+// Per-layer times of the W2A2 (or mixed) model, 1 thread: counters q<i>_<kernel>_ms, the
+// fastest of 20 runs per quantized layer (fused ops count in the layer before them).
+void integer_model_layers(benchmark::State& state) {
+  const int which = int(state.range(0));
+  std::mt19937 rng(1);
+  auto net = nn::demo_cnn(10, 1, rng);
+  nn::fixed_policy policy(config(which));
+  nn::attach_policy(*net, policy);
+  net->eval();
+  auto model = deploy::compile(*net, policy, {1, 28, 28});
+  model.set_threads(1);
+  mixq::kernels::set_num_threads(1);
+  const auto x = images(rng);
+  for (auto _ : state) benchmark::DoNotOptimize(model.run(x));
+  std::vector<double> best(model.layers().size(), 1e300);
+  for (int r = 0; r < 20; ++r) {
+    model.run(x);
+    for (std::size_t i = 0; i < best.size(); ++i)
+      best[i] = std::min(best[i], model.report()[i].seconds);
+  }
+  std::size_t q = 0;
+  for (std::size_t i = 0; i < best.size(); ++i)
+    if (model.report()[i].kind == deploy::op_kind::quantized)
+      state.counters["q" + std::to_string(q++) + "_" + model.report()[i].kernel + "_ms"] =
+          1e3 * best[i];
+  state.SetLabel(which == 0 ? "mixed avg 2 bits, per layer" : "uniform W2A2, per layer");
+}
+
 void integer_model(benchmark::State& state) {
   run_integer(state, int(state.range(0)), std::size_t(state.range(1)), 0);
 }
@@ -130,3 +158,4 @@ BENCHMARK(integer_model_bitserial)
     ->ArgsProduct({{2, 0}, {1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+BENCHMARK(integer_model_layers)->ArgName("wa")->Arg(2)->Arg(0)->Unit(benchmark::kMillisecond);
