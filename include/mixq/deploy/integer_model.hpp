@@ -874,7 +874,7 @@ class integer_model {
             which ^= 1;
             std::copy(y.begin(), y.end(), sized(ctx.floats[which], y.size()));
           } else {
-            next = run_fused(ctx, i, shape, is_codes, which, shapes, n);
+            next = run_fused(ctx, i, shape, is_codes, which);
           }
           break;
         case op_kind::max_pool:
@@ -922,7 +922,7 @@ class integer_model {
 
   // Quantized layer i and the ops fused after it; returns the next op to run.
   std::size_t run_fused(run_context& ctx, std::size_t i, const shape_t& in_shape, bool& is_codes,
-                        int& which, const std::vector<shape_t>& shapes, std::size_t n) {
+                        int& which) {
     const layer& l = layers_[i];
     const fused_plan& fp = plan_[i];
     const shape_t s = quantized_input_shape(l, in_shape, "");
@@ -988,7 +988,6 @@ class integer_model {
       case path_kind::fallback:
         break;
     }
-    (void)n;
     const std::size_t out_size = pixels * oc;
     if (fp.consumer >= 0) {
       // Codes for the consumer, into the code buffer the input does not occupy.
@@ -1013,7 +1012,6 @@ class integer_model {
       which = 0;
       is_codes = false;
     }
-    (void)shapes;
     return fp.chain_end;
   }
 
