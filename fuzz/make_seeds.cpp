@@ -42,11 +42,27 @@ int main(int argc, char** argv) {
         layer::pool(op_kind::max_pool, 2, 2),      quantized(rng, 4, 4, 3, 4, wt, 3, false),
         layer::affine({1, 2, 3, 4}, {0, 0, 0, 0}), layer::of_kind(op_kind::global_avg_pool),
         quantized(rng, 4, 3, 1, 1, wt, 4, true)};
-    const auto bytes = serialize(integer_model(ls));
-    for (char mode : {'\0', '\1'}) {
-      std::ofstream out(std::string(argv[1]) + "/seed" + std::to_string(n++), std::ios::binary);
-      out.put(mode);
-      out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+    // A residual block with a downsampling shortcut (format version 2 ops).
+    std::vector<layer> res{quantized(rng, 1, 4, 3, 1, wt, 2, false),
+                           layer::of_kind(op_kind::relu),
+                           layer::slot_op(op_kind::save, 0),
+                           quantized(rng, 4, 4, 3, 1, wt, 2, false),
+                           layer::of_kind(op_kind::relu),
+                           quantized(rng, 4, 4, 3, 1, wt, 2, false),
+                           layer::slot_op(op_kind::save, 1),
+                           layer::slot_op(op_kind::load, 0),
+                           quantized(rng, 4, 4, 1, 1, wt, 2, false),
+                           layer::slot_op(op_kind::residual_add, 1),
+                           layer::of_kind(op_kind::relu),
+                           layer::of_kind(op_kind::global_avg_pool),
+                           quantized(rng, 4, 3, 1, 1, wt, 4, true)};
+    for (const auto& net : {ls, res}) {
+      const auto bytes = serialize(integer_model(net));
+      for (char mode : {'\0', '\1'}) {
+        std::ofstream out(std::string(argv[1]) + "/seed" + std::to_string(n++), std::ios::binary);
+        out.put(mode);
+        out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+      }
     }
   }
   return 0;

@@ -168,8 +168,9 @@ tensor<float> check_layer_by_layer(const std::vector<layer>& layers, const tenso
   bool first = true;
   for (const auto& l : layers) {
     integer_model one({l});
-    const tensor<float> y = one.run(first ? cur : to_nchw(cur));
-    const ref_tensor want = reference_layer(l, as_ref(first ? integer_model().run(cur) : cur));
+    const tensor<float> y = one.run_reference(first ? cur : to_nchw(cur));
+    const ref_tensor want =
+        reference_layer(l, as_ref(first ? integer_model().run_reference(cur) : cur));
     REQUIRE(y.size() == want.v.size());
     REQUIRE(std::vector<std::size_t>(y.shape().begin(), y.shape().end()) == want.shape);
     for (std::size_t i = 0; i < y.size(); ++i)
@@ -231,7 +232,7 @@ TEST_CASE("integer model matches the float reference for every weight type and b
         const bool zp = !wt.is_binary() && !wsigned;  // offset (DoReFa-like) unsigned grids
         auto ls = every_kind_network(rng, wt, ab, zp);
         integer_model m(ls);
-        const auto got = m.run(images);
+        const auto got = m.run_reference(images);
         const auto chained = check_layer_by_layer(ls, images, 1e-4);  // float output map
         for (std::size_t i = 0; i < got.size(); ++i) REQUIRE(got[i] == chained[i]);
         REQUIRE(m.report().size() == ls.size());

@@ -9,5 +9,6 @@
 #include "mixq/nn/module.hpp"
 #include "mixq/nn/optim.hpp"
 #include "mixq/nn/quantized.hpp"
+#include "mixq/nn/quantized_residual.hpp"
 #include "mixq/nn/serialize.hpp"
 #include "mixq/nn/train.hpp"

@@ -18,6 +18,7 @@
 #include "mixq/nn/fixed_policy.hpp"
 #include "mixq/nn/module.hpp"
 #include "mixq/nn/quantized.hpp"
+#include "mixq/nn/quantized_residual.hpp"
 
 namespace mixq::deploy {
 
@@ -165,13 +166,64 @@ inline std::pair<std::vector<float>, std::vector<float>> batch_norm_affine(
   return {mul, add};
 }
 
+// Folds a batch norm into the output map of the quantized layer just added.
+template <class P>
+void fold_batch_norm(compile_state<P>& st, const nn::batch_norm2d& bn, const std::string& name) {
+  auto [mul, add] = batch_norm_affine(bn);
+  layer& l = st.out.back();
+  if (mul.size() != l.out_channels)
+    throw shape_error(cat("deploy::compile: batch norm ", name, " has ", mul.size(),
+                          " channels after a layer with ", l.out_channels));
+  for (std::size_t c = 0; c < mul.size(); ++c) {
+    l.add[c] = mul[c] * l.add[c] + add[c];
+    l.mul[c] *= mul[c];
+  }
+}
+
+// A residual block as a linear program over two slots (blocks run one after another, so
+// every block reuses them):
+//   save 0; conv1+bn1; relu; conv2+bn2; residual_add 0; relu            (identity shortcut)
+//   save 0; conv1+bn1; relu; conv2+bn2; save 1; load 0; down_conv+down_bn; residual_add 1;
+//   relu                                                                 (downsampling)
+template <class P>
+void add_residual_block(compile_state<P>& st, nn::quantized_residual_block& b,
+                        const std::string& name) {
+  if (st.shape.size() != 3)
+    throw shape_error(cat("deploy::compile: residual block ", name, " needs an image"));
+  const std::vector<std::size_t> input_shape = st.shape;
+  st.out.push_back(layer::slot_op(op_kind::save, 0, name + ".input"));
+  add_quantized(st, *b.conv1, name + ".conv1");
+  fold_batch_norm(st, *b.bn1, name + ".bn1");
+  st.out.push_back(layer::of_kind(op_kind::relu, name + ".relu1"));
+  add_quantized(st, *b.conv2, name + ".conv2");
+  fold_batch_norm(st, *b.bn2, name + ".bn2");
+  const std::vector<std::size_t> main_shape = st.shape;
+  std::uint32_t shortcut_slot = 0;
+  if (b.down_conv) {
+    st.out.push_back(layer::slot_op(op_kind::save, 1, name + ".main"));
+    st.out.push_back(layer::slot_op(op_kind::load, 0, name + ".shortcut"));
+    st.shape = input_shape;
+    add_quantized(st, *b.down_conv, name + ".down_conv");
+    fold_batch_norm(st, *b.down_bn, name + ".down_bn");
+    shortcut_slot = 1;
+  }
+  if (st.shape != main_shape)
+    throw shape_error(cat(
+        "deploy::compile: residual block ", name, ": the shortcut gives ",
+        shape_string(shape_t(st.shape.begin(), st.shape.end())), ", the main branch ",
+        shape_string(shape_t(main_shape.begin(), main_shape.end())), ": expected equal shapes"));
+  st.out.push_back(layer::slot_op(op_kind::residual_add, shortcut_slot, name + ".add"));
+  st.out.push_back(layer::of_kind(op_kind::relu, name + ".relu"));
+}
+
 }  // namespace detail
 
 /// Compiles `model` (a sequential of quantized_conv2d / quantized_linear, batch_norm2d, relu,
-/// max/avg/global-average pools and flatten, nested sequentials allowed) with the policy
-/// attached to it (nn::fixed_policy, search::bmpq_policy or any deployable_policy), for inputs
-/// of shape {C, H, W}. Batch norms that follow a quantized layer fold into its output map.
-/// value_error for unsupported modules or quantizers, shape_error for inconsistent shapes.
+/// max/avg/global-average pools, flatten and quantized_residual_block, nested sequentials
+/// allowed) with the policy attached to it (nn::fixed_policy, search::bmpq_policy or any
+/// deployable_policy), for inputs of shape {C, H, W}. Batch norms that follow a quantized layer
+/// fold into its output map. value_error for unsupported modules or quantizers, shape_error
+/// for inconsistent shapes.
 template <deployable_policy P>
 integer_model compile(nn::module& model, const P& policy, std::vector<std::size_t> input_chw) {
   if (input_chw.size() != 3)
@@ -191,18 +243,11 @@ integer_model compile(nn::module& model, const P& policy, std::vector<std::size_
       // A batch norm right after it folds into its output map.
       if (li + 1 < leaves.size())
         if (auto* bn = dynamic_cast<nn::batch_norm2d*>(leaves[li + 1].second)) {
-          auto [mul, add] = detail::batch_norm_affine(*bn);
-          layer& l = st.out.back();
-          if (mul.size() != l.out_channels)
-            throw shape_error(detail::cat("deploy::compile: batch norm ", leaves[li + 1].first,
-                                          " has ", mul.size(), " channels after a layer with ",
-                                          l.out_channels));
-          for (std::size_t c = 0; c < mul.size(); ++c) {
-            l.add[c] = mul[c] * l.add[c] + add[c];
-            l.mul[c] *= mul[c];
-          }
+          detail::fold_batch_norm(st, *bn, leaves[li + 1].first);
           ++li;
         }
+    } else if (auto* rb = dynamic_cast<nn::quantized_residual_block*>(m)) {
+      detail::add_residual_block(st, *rb, name);
     } else if (auto* bn = dynamic_cast<nn::batch_norm2d*>(m)) {
       auto [mul, add] = detail::batch_norm_affine(*bn);
       if (st.shape.empty() || st.shape[0] != mul.size() ||
@@ -244,7 +289,8 @@ integer_model compile(nn::module& model, const P& policy, std::vector<std::size_
           detail::cat("deploy::compile: module ", name.empty() ? "(root)" : name, " of type ",
                       typeid(*m).name(),
                       " is not supported; expected quantized_conv2d, quantized_linear, "
-                      "batch_norm2d, relu, pools, flatten or sequential"));
+                      "batch_norm2d, relu, pools, flatten, quantized_residual_block or "
+                      "sequential"));
     }
   }
   return integer_model(std::move(st.out));

@@ -22,14 +22,17 @@ namespace mixq::deploy {
 
 /// File layout (all integers little-endian):
 ///   "MIXQIM\r\n" (8 bytes), u32 version, u32 layer count, layers..., u64 FNV-1a of all bytes
-///   before it. A layer: u32 kind, string name (u32 length + bytes), u32 window, stride,
-///   padding, u8 is_linear, u32 in, out, groups, u8 weight bits, u8 weight signed, u8 input
-///   bits, f32 input clip value (PACT alpha), float vectors mul, add, weight_scale,
-///   weight_zero_point (u32 count
+///   before it. Version 2 adds the residual ops (kinds 8..10: save, load, residual_add, their
+///   slot in the window field); version 1 files still load. A layer: u32 kind, string name (u32
+///   length + bytes), u32 window, stride, padding, u8 is_linear, u32 in, out, groups, u8 weight
+///   bits, u8 weight signed, u8 input bits, f32 input clip value (PACT alpha), float vectors mul,
+///   add, weight_scale, weight_zero_point (u32 count
 ///   + values), u32 code count + the codes packed LSB first at the weight bit-width (two's
 ///   complement for signed types; binary codes -1/+1 as bits 0/1).
 inline constexpr char model_magic[8] = {'M', 'I', 'X', 'Q', 'I', 'M', '\r', '\n'};
-inline constexpr std::uint32_t model_format_version = 1;
+inline constexpr std::uint32_t model_format_version = 2;
+/// The oldest version load() still reads (version 1 lacks the residual ops, kinds 8..10).
+inline constexpr std::uint32_t model_format_oldest_version = 1;
 /// Larger files are refused before reading (a guard against nonsense sizes).
 inline constexpr std::uint64_t max_model_file_bytes = std::uint64_t(1) << 30;
 
@@ -194,9 +197,10 @@ inline integer_model deserialize(std::span<const std::uint8_t> bytes,
     throw format_error(cat(source, ": not a mixq integer model file (bad magic)"));
   detail::byte_reader head(bytes.subspan(8, 4), source);
   const std::uint32_t version = head.u32("version");
-  if (version != model_format_version)
-    throw format_error(cat(source, ": format version ", version, "; this build reads version ",
-                           model_format_version));
+  if (version < model_format_oldest_version || version > model_format_version)
+    throw format_error(cat(source, ": format version ", version, "; this build reads versions ",
+                           model_format_oldest_version, "..", model_format_version));
+  const std::uint32_t kinds = version == 1 ? op_kind_count_v1 : op_kind_count;
   const auto body = bytes.first(bytes.size() - 8);
   detail::byte_reader tail(bytes.last(8), source);
   const std::uint64_t stored = tail.u64("checksum");
@@ -213,9 +217,9 @@ inline integer_model deserialize(std::span<const std::uint8_t> bytes,
   for (std::uint32_t i = 0; i < count; ++i) {
     layer& l = layers[i];
     const std::uint32_t kind = r.u32("layer kind");
-    if (kind < 1 || kind > 7)
-      throw format_error(
-          cat(source, ": layer ", i, " has unknown kind ", kind, " (expected 1..7)"));
+    if (kind < 1 || kind > kinds)
+      throw format_error(cat(source, ": layer ", i, " has unknown kind ", kind, " (expected 1..",
+                             kinds, " in format version ", version, ")"));
     l.kind = static_cast<op_kind>(kind);
     l.name = r.str("layer name", 4096);
     l.window = r.u32("window"), l.stride = r.u32("stride"), l.padding = r.u32("padding");

@@ -9,6 +9,7 @@
 #include "mixq/autodiff/var.hpp"
 #include "mixq/nn/module.hpp"
 #include "mixq/nn/quantized.hpp"
+#include "mixq/nn/quantized_residual.hpp"
 #include "mixq/search/cost.hpp"
 
 namespace mixq::search {
@@ -36,7 +37,8 @@ inline void walk_for_costs(nn::module& m, const std::string& name,
 /// part; training mode is restored afterwards), then per quantized layer: params = weight
 /// values, MACs = params * H_out * W_out (linear: 1x1), bias_params = C_out if it has a bias,
 /// bn_params = 2 C per batch norm registered after it and before the next quantized layer.
-/// shared_input_groups are left empty (the trace does not see which tensor a layer reads).
+/// shared_input_groups: conv1 and down_conv of every quantized_residual_block with a
+/// downsampling shortcut (both read the block's input); other sharing is not detected.
 /// Throws shape_error when the model has no quantized layer or a layer has never run.
 inline model_desc trace_costs(nn::module& model, const shape_t& input, std::string name = "model") {
   std::vector<std::pair<std::string, nn::quantized_layer*>> layers;
@@ -100,6 +102,20 @@ inline model_desc trace_costs(nn::module& model, const shape_t& input, std::stri
     l.bn_params = bn[i];
     l.macs = l.params * l.out_h * l.out_w;
     d.layers.push_back(std::move(l));
+  }
+  auto index_of = [&](const nn::quantized_layer* q) {
+    for (std::size_t i = 0; i < layers.size(); ++i)
+      if (layers[i].second == q) return i;
+    return layers.size();
+  };
+  std::vector<nn::module*> stack{&model};
+  while (!stack.empty()) {
+    nn::module* m = stack.back();
+    stack.pop_back();
+    if (auto* b = dynamic_cast<nn::quantized_residual_block*>(m); b && b->down_conv)
+      d.shared_input_groups.push_back({index_of(b->conv1.get()), index_of(b->down_conv.get())});
+    for (auto it = m->children().rbegin(); it != m->children().rend(); ++it)
+      stack.push_back(it->second.get());
   }
   return d;
 }
