@@ -9,64 +9,21 @@
 #include <filesystem>
 #include <random>
 
+#include "deploy_test_util.hpp"
 #include "mixq/deploy.hpp"
 #include "mixq/nn.hpp"
 #include "mixq/nn/demo_cnn.hpp"
 #include "mixq/nn/fixed_policy.hpp"
+#include "test_util.hpp"
 
 using namespace mixq;
 namespace ad = mixq::autodiff;
 namespace fs = std::filesystem;
+using mixq::test::compare;
+using mixq::test::random_tensor;
+using mixq::test::randomise_state;
 
 namespace {
-
-ad::ftensor uniform_tensor(shape_t s, std::mt19937& rng, float lo, float hi) {
-  ad::ftensor t(std::move(s));
-  std::uniform_real_distribution<float> d(lo, hi);
-  for (auto& v : t) v = d(rng);
-  return t;
-}
-
-// Trained-looking state: batch-norm statistics and affine parameters away from identity,
-// PACT alphas of a realistic size.
-void randomise_state(nn::module& m, nn::fixed_policy& p, std::mt19937& rng) {
-  for (auto& [name, v] : m.named_parameters())
-    if (name.find("bias") != std::string::npos || v.value().shape().size() == 1)
-      for (auto& x : v.value()) x = std::uniform_real_distribution<float>(-0.3f, 1.5f)(rng);
-  for (auto& [name, v] : m.named_buffers())
-    for (auto& x : v.value())
-      x = name.find("var") != std::string::npos
-              ? std::uniform_real_distribution<float>(0.05f, 2.0f)(rng)
-              : std::uniform_real_distribution<float>(-0.5f, 0.5f)(rng);
-  for (auto& a : p.parameters())
-    for (auto& x : a.value()) x = std::uniform_real_distribution<float>(0.8f, 3.0f)(rng);
-}
-
-struct agreement {
-  std::size_t samples = 0, same_prediction = 0;
-  double max_abs_diff = 0, max_abs_logit = 0;
-};
-
-agreement compare(nn::module& net, deploy::integer_model& im, const ad::ftensor& x) {
-  net.eval();
-  ad::no_grad ng;
-  const ad::ftensor want = net(ad::constant(x)).value();
-  const tensor<float> got = im.run(x);
-  REQUIRE(got.shape() == want.shape());
-  agreement a;
-  const std::size_t n = want.shape()[0], k = want.shape()[1];
-  a.samples = n;
-  for (std::size_t i = 0; i < n; ++i) {
-    const float* w = &want[i * k];
-    const float* g = &got[i * k];
-    if (std::max_element(w, w + k) - w == std::max_element(g, g + k) - g) ++a.same_prediction;
-    for (std::size_t j = 0; j < k; ++j) {
-      a.max_abs_diff = std::max(a.max_abs_diff, double(std::abs(w[j] - g[j])));
-      a.max_abs_logit = std::max(a.max_abs_logit, double(std::abs(w[j])));
-    }
-  }
-  return a;
-}
 
 quant::bit_config random_config(std::size_t layers, std::mt19937& rng) {
   std::uniform_int_distribution<int> bits(1, 8);
@@ -80,7 +37,7 @@ quant::bit_config random_config(std::size_t layers, std::mt19937& rng) {
 
 TEST_CASE("compiled demo CNN agrees with its fake-quant simulation") {
   std::mt19937 rng(21);
-  const ad::ftensor images = uniform_tensor({16, 1, 28, 28}, rng, 0.0f, 1.0f);
+  const ad::ftensor images = random_tensor({16, 1, 28, 28}, rng, 0.0f, 1.0f);
   for (nn::weight_quantizer wq :
        {nn::weight_quantizer::dorefa, nn::weight_quantizer::uniform_symmetric}) {
     for (int trial = 0; trial < 6; ++trial) {
@@ -135,7 +92,7 @@ TEST_CASE("compile handles flatten column order, pools and a standalone batch no
     nn::attach_policy(*net, policy);
     randomise_state(*net, policy, rng);
     auto im = deploy::compile(*net, policy, {2, 10, 8});
-    const auto a = compare(*net, im, uniform_tensor({5, 2, 10, 8}, rng, -0.5f, 1.5f));
+    const auto a = compare(*net, im, random_tensor({5, 2, 10, 8}, rng, -0.5f, 1.5f));
     CHECK(a.same_prediction == a.samples);
     CHECK(a.max_abs_diff <= 1e-3 * (1.0 + a.max_abs_logit));
   }
@@ -153,7 +110,7 @@ TEST_CASE("a compiled model saved and loaded gives identical outputs; file size"
   auto back = deploy::load(path);
   const auto size = fs::file_size(path);
   fs::remove(path);
-  const ad::ftensor x = uniform_tensor({4, 1, 28, 28}, rng, 0.0f, 1.0f);
+  const ad::ftensor x = random_tensor({4, 1, 28, 28}, rng, 0.0f, 1.0f);
   const auto y0 = im.run(x), y1 = back.run(x);
   for (std::size_t i = 0; i < y0.size(); ++i) REQUIRE(y0[i] == y1[i]);
   MESSAGE("file ", size, " bytes, payload ", im.payload_bytes(), " bytes");

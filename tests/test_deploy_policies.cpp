@@ -10,33 +10,30 @@
 #include <random>
 #include <string>
 
+#include "deploy_test_util.hpp"
 #include "mixq/deploy.hpp"
 #include "mixq/nn.hpp"
 #include "mixq/nn/demo_cnn.hpp"
 #include "mixq/search/bmpq_policy.hpp"
 #include "mixq/search/trace.hpp"
+#include "test_util.hpp"
 
 using namespace mixq;
 namespace ad = mixq::autodiff;
+using mixq::test::compare;
+using mixq::test::random_tensor;
 
 static_assert(deploy::deployable_policy<nn::fixed_policy>);
 static_assert(deploy::deployable_policy<search::bmpq_policy>);
 
 namespace {
 
-ad::ftensor uniform_tensor(shape_t s, std::mt19937& rng, float lo, float hi) {
-  ad::ftensor t(std::move(s));
-  std::uniform_real_distribution<float> d(lo, hi);
-  for (auto& v : t) v = d(rng);
-  return t;
-}
-
 // Random images in [lo, hi] with random labels, as BMPQ's probe batches.
 struct random_batches {
   std::vector<search::batch> batches;
   random_batches(std::size_t count, std::size_t n, std::mt19937& rng, float lo, float hi) {
     for (std::size_t b = 0; b < count; ++b) {
-      search::batch bt{uniform_tensor({n, 1, 28, 28}, rng, lo, hi), {}};
+      search::batch bt{random_tensor({n, 1, 28, 28}, rng, lo, hi), {}};
       for (std::size_t i = 0; i < n; ++i) bt.labels.push_back(int(rng() % 10));
       batches.push_back(std::move(bt));
     }
@@ -64,32 +61,6 @@ void randomise_batch_norms(nn::module& m, std::mt19937& rng) {
       x = name.find("var") != std::string::npos
               ? std::uniform_real_distribution<float>(0.05f, 2.0f)(rng)
               : std::uniform_real_distribution<float>(-0.5f, 0.5f)(rng);
-}
-
-struct agreement {
-  std::size_t samples = 0, same_prediction = 0;
-  double max_abs_diff = 0, max_abs_logit = 0;
-};
-
-agreement compare(nn::module& net, deploy::integer_model& im, const ad::ftensor& x) {
-  net.eval();
-  ad::no_grad ng;
-  const ad::ftensor want = net(ad::constant(x)).value();
-  const tensor<float> got = im.run(x);
-  REQUIRE(got.shape() == want.shape());
-  agreement a;
-  const std::size_t n = want.shape()[0], k = want.shape()[1];
-  a.samples = n;
-  for (std::size_t i = 0; i < n; ++i) {
-    const float* w = &want[i * k];
-    const float* g = &got[i * k];
-    if (std::max_element(w, w + k) - w == std::max_element(g, g + k) - g) ++a.same_prediction;
-    for (std::size_t j = 0; j < k; ++j) {
-      a.max_abs_diff = std::max(a.max_abs_diff, double(std::abs(w[j] - g[j])));
-      a.max_abs_logit = std::max(a.max_abs_logit, double(std::abs(w[j])));
-    }
-  }
-  return a;
 }
 
 // A demo CNN with BMPQ attached and allocated under a weight-bit budget like uniform w4,
@@ -163,7 +134,7 @@ TEST_CASE("compiled BMPQ demo CNN agrees with its fake-quant forward") {
       CHECK(m.policy.clip_value(i) > 0.0f);
     }
     auto im = deploy::compile(*m.net, m.policy, {1, 28, 28});
-    const ad::ftensor images = uniform_tensor({24, 1, 28, 28}, rng, 0.0f, 1.0f);
+    const ad::ftensor images = random_tensor({24, 1, 28, 28}, rng, 0.0f, 1.0f);
     const auto a = compare(*m.net, im, images);
     CAPTURE(a.max_abs_diff);
     CAPTURE(a.max_abs_logit);

@@ -10,38 +10,21 @@
 #include <filesystem>
 #include <random>
 
+#include "deploy_test_util.hpp"
 #include "mixq/deploy.hpp"
 #include "mixq/nn.hpp"
 #include "mixq/nn/quantized_residual.hpp"
 #include "mixq/search/trace.hpp"
+#include "test_util.hpp"
 
 using namespace mixq;
 namespace ad = mixq::autodiff;
 namespace fs = std::filesystem;
+using mixq::test::compare;
+using mixq::test::random_tensor;
+using mixq::test::randomise_state;
 
 namespace {
-
-ad::ftensor uniform_tensor(shape_t s, std::mt19937& rng, float lo, float hi) {
-  ad::ftensor t(std::move(s));
-  std::uniform_real_distribution<float> d(lo, hi);
-  for (auto& v : t) v = d(rng);
-  return t;
-}
-
-// Trained-looking state: batch-norm statistics and affine parameters away from identity,
-// PACT alphas of a realistic size.
-void randomise_state(nn::module& m, nn::fixed_policy& p, std::mt19937& rng) {
-  for (auto& [name, v] : m.named_parameters())
-    if (name.find("bias") != std::string::npos || v.value().shape().size() == 1)
-      for (auto& x : v.value()) x = std::uniform_real_distribution<float>(-0.3f, 1.5f)(rng);
-  for (auto& [name, v] : m.named_buffers())
-    for (auto& x : v.value())
-      x = name.find("var") != std::string::npos
-              ? std::uniform_real_distribution<float>(0.05f, 2.0f)(rng)
-              : std::uniform_real_distribution<float>(-0.5f, 0.5f)(rng);
-  for (auto& a : p.parameters())
-    for (auto& x : a.value()) x = std::uniform_real_distribution<float>(0.8f, 3.0f)(rng);
-}
 
 // conv 1->8, BN, ReLU; block 8->8 (identity shortcut); block 8->16 stride 2 (downsampling);
 // global average pool; FC 16->10. Seven quantized layers.
@@ -55,28 +38,6 @@ std::shared_ptr<nn::sequential> small_resnet(std::mt19937& rng) {
   net->add(std::make_shared<nn::global_avg_pool2d>());
   net->add(std::make_shared<nn::quantized_linear>(16, 10, true, rng));
   return net;
-}
-
-struct agreement {
-  std::size_t samples = 0, same_prediction = 0;
-  double max_abs_diff = 0, max_abs_logit = 0;
-};
-
-agreement compare(const ad::ftensor& want, const tensor<float>& got) {
-  REQUIRE(got.shape() == want.shape());
-  agreement a;
-  const std::size_t n = want.shape()[0], k = want.shape()[1];
-  a.samples = n;
-  for (std::size_t i = 0; i < n; ++i) {
-    const float* w = &want[i * k];
-    const float* g = &got[i * k];
-    if (std::max_element(w, w + k) - w == std::max_element(g, g + k) - g) ++a.same_prediction;
-    for (std::size_t j = 0; j < k; ++j) {
-      a.max_abs_diff = std::max(a.max_abs_diff, double(std::abs(w[j] - g[j])));
-      a.max_abs_logit = std::max(a.max_abs_logit, double(std::abs(w[j])));
-    }
-  }
-  return a;
 }
 
 struct temp_dir {
@@ -98,7 +59,7 @@ void fix_checksum(std::vector<std::uint8_t>& b) {
 
 TEST_CASE("quantized residual blocks compile to an integer model that agrees with the simulation") {
   std::mt19937 rng(31);
-  const ad::ftensor images = uniform_tensor({12, 1, 12, 12}, rng, 0.0f, 2.0f);
+  const ad::ftensor images = random_tensor({12, 1, 12, 12}, rng, 0.0f, 2.0f);
   for (nn::weight_quantizer wq :
        {nn::weight_quantizer::dorefa, nn::weight_quantizer::uniform_symmetric}) {
     for (int trial = 0; trial < 5; ++trial) {
@@ -162,7 +123,7 @@ TEST_CASE("a compiled residual model saved and loaded gives identical outputs") 
     CHECK(back.layers()[i].kind == im.layers()[i].kind);
     CHECK(back.layers()[i].slot() == im.layers()[i].slot());
   }
-  const auto x = uniform_tensor({5, 1, 12, 12}, rng, 0.0f, 2.0f);
+  const auto x = random_tensor({5, 1, 12, 12}, rng, 0.0f, 2.0f);
   const auto y0 = im.run(x), y1 = back.run(x);
   for (std::size_t i = 0; i < y0.size(); ++i) REQUIRE(y0[i] == y1[i]);
 }
@@ -191,7 +152,7 @@ TEST_CASE("model file versions: version 1 loads, residual ops need version 2") {
   auto v1 = deploy::serialize(plain);
   v1[8] = 1;  // version field
   fix_checksum(v1);
-  const auto x = uniform_tensor({2, 2, 5, 5}, rng, 0.0f, 2.0f);
+  const auto x = random_tensor({2, 2, 5, 5}, rng, 0.0f, 2.0f);
   auto loaded = deploy::deserialize(v1);
   auto copy = plain;
   const auto y0 = copy.run(x), y1 = loaded.run(x);
