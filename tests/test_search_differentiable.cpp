@@ -400,7 +400,9 @@ TEST_CASE("architecture parameters get gradients from the task loss and the cost
 // ---------------------------------------------------------------------------------------------
 // EBS: one convolution per layer per step
 
-TEST_CASE("ebs runs exactly one convolution per layer per step; dnas one per branch") {
+TEST_CASE(
+    "ebs and dnas (separate sets) run one convolution per layer per step; joint dnas one per "
+    "pair") {
   const batch b = make_batch(8, 5);
   const budget bud = budget::like_uniform(budget_kind::bitops, tiny_costs(), 3, 3);
   {
@@ -418,13 +420,96 @@ TEST_CASE("ebs runs exactly one convolution per layer per step; dnas one per bra
   }
   {
     tiny_net net(2);
-    dnas_policy pol;  // separate sets: one op per weight candidate (each its own weights)
+    dnas_policy pol;  // separate sets: one op on the mixed weight
     nn::attach_policy(net, pol);
     net.train();
     net.reset_counts();
     ad::backward(pol.search_loss(task_loss(net, b), bud));
-    CHECK(net.c1->calls == pol.options().w_bits.size());
-    CHECK(net.fc->calls == pol.options().w_bits.size());
+    CHECK(net.c1->calls == 1);
+    CHECK(net.fc->calls == 1);
+  }
+  {
+    tiny_net net(2);
+    dnas_options o;
+    o.pairs = {{1, 2}, {2, 2}, {4, 8}};
+    dnas_policy pol(o);  // joint pairs: one op per pair (each its own input quantizer)
+    nn::attach_policy(net, pol);
+    net.train();
+    net.reset_counts();
+    ad::backward(pol.search_loss(task_loss(net, b), bud));
+    CHECK(net.c1->calls == o.pairs.size());
+    CHECK(net.fc->calls == o.pairs.size());
+  }
+}
+
+TEST_CASE(
+    "dnas separate sets: the mixed-weight convolution equals the sum of branch convolutions") {
+  // Value and gradients (logits, branch weights, alphas, input) against the paper's form
+  // sum_i m_w[i] conv(sum_j m_a[j] PACT_j(x), Q_i(W_i)), built explicitly.
+  std::mt19937 rng(11);
+  ftensor xt({2, 2, 5, 5});
+  std::uniform_real_distribution<float> d(-0.5f, 3.0f);
+  for (auto& v : xt) v = d(rng);
+  counting_conv conv(2, 3, 3, 1, 1, 1, true, rng);  // with a bias
+  dnas_options o;
+  o.w_bits = {1, 2, 4};
+  o.a_bits = {2, 3};
+  dnas_policy pol(o);
+  nn::attach_policy(conv, pol);
+  randomize(pol.architecture_parameters(), 12, -1.0f, 1.0f);
+  auto params = pol.parameters();  // 3 weight copies, then 2 alphas
+  REQUIRE(params.size() == 5);
+  randomize({params[0], params[1], params[2]}, 13, -0.5f, 0.5f);
+  randomize({params[3], params[4]}, 14, 1.5f, 3.0f);
+  conv.eval();  // mixture = softmax(theta), deterministic
+  const auto arch = pol.architecture_parameters();
+  ftensor gt({2, 3, 5, 5});
+  for (auto& v : gt) v = d(rng);
+  const var g = ad::constant(gt);
+  auto grads_of = [&](const var& y, const var& x) {
+    for (auto& p : params) p.zero_grad();
+    for (auto& p : arch) p.zero_grad();
+    conv.zero_grad();
+    ad::backward(ad::sum(ad::mul(y, g)));
+    std::vector<ftensor> out;
+    for (auto& p : params) out.push_back(p.grad());
+    for (auto& p : arch) out.push_back(p.grad());
+    out.push_back(x.grad());
+    out.push_back(conv.bias.grad());
+    return out;
+  };
+  const var x1 = ad::var::parameter(xt);
+  const var y = conv(x1);
+  CHECK(conv.calls == 1);
+  const auto fast = grads_of(y, x1);
+  const var x2 = ad::var::parameter(xt);
+  const var mw = ad::softmax(arch[0], 0), ma = ad::softmax(arch[1], 0);
+  var xm, ref;
+  for (std::size_t j = 0; j < 2; ++j) {
+    const var t =
+        ad::mul(quant::pact(x2, params[3 + j], o.a_bits[j]), search::detail::element(ma, j));
+    xm = j ? ad::add(xm, t) : t;
+  }
+  for (std::size_t i = 0; i < 3; ++i) {
+    const var t =
+        ad::mul(ad::conv2d(xm, quant::dorefa_weights(params[i], o.w_bits[i]), conv.bias, 1, 1, 1),
+                search::detail::element(mw, i));
+    ref = i ? ad::add(ref, t) : t;
+  }
+  const auto slow = grads_of(ref, x2);
+  auto rel = [](const ftensor& a, const ftensor& b) {
+    REQUIRE(a.shape() == b.shape());
+    double m = 0, scale = 1e-3;
+    for (std::size_t i = 0; i < a.size(); ++i)
+      m = std::max(m, double(std::fabs(a[i] - b[i]))),
+      scale = std::max(scale, double(std::fabs(b[i])));
+    return m / scale;
+  };
+  CHECK(rel(y.value(), ref.value()) < 1e-5);
+  REQUIRE(fast.size() == slow.size());
+  for (std::size_t k = 0; k < fast.size(); ++k) {
+    CAPTURE(k);
+    CHECK(rel(fast[k], slow[k]) < 1e-4);
   }
 }
 
