@@ -143,8 +143,8 @@ std::map<std::string, policy_runner> available_policies() {
   };
   // Allocation policies search weight bits at the budget's activation bits (--budget wXaY
   // gives Y) over the --bits candidates (OMPQ: the consecutive range min..max of them, for its
-  // floor/ceil rounding; BMPQ and HAWQ: those >= 2, a sign and a magnitude bit).
-  auto space_of = [](const settings& s, bool consecutive) {
+  // floor/ceil rounding; BMPQ: all of them; HAWQ: those >= 2, a sign and a magnitude bit).
+  auto space_of = [](const settings& s, bool consecutive, bool allow_one = false) {
     search::weight_search_space sp;
     sp.a_bits = parse_wa(s.budget).second;
     sp.candidates.clear();
@@ -152,8 +152,8 @@ std::map<std::string, policy_runner> available_policies() {
       for (int x = s.bits.front(); x <= s.bits.back(); ++x) sp.candidates.push_back(x);
     } else {
       for (int x : s.bits)
-        if (x >= 2) sp.candidates.push_back(x);
-      if (sp.candidates.empty()) usage("--bits: BMPQ and HAWQ need a candidate >= 2");
+        if (x >= 2 || allow_one) sp.candidates.push_back(x);
+      if (sp.candidates.empty()) usage("--bits: HAWQ needs a candidate >= 2");
     }
     return sp;
   };
@@ -172,7 +172,7 @@ std::map<std::string, policy_runner> available_policies() {
   m["bmpq"] = [space_of](nn::module& model, const search::search_data& d, const search::budget& b,
                          search::search_options& o, const settings& s) {
     search::bmpq_options bo;
-    bo.space = space_of(s, false);
+    bo.space = space_of(s, false, true);
     bo.early_epochs = std::max<std::size_t>(1, (s.finetune_epochs + 1) / 2);
     bo.interval_epochs = 1;
     // BMPQ is itself the finetune's precision policy: kept alive (and attached) in the result

@@ -83,6 +83,7 @@ struct bmpq_model {
     o.space.candidates = {2, 3, 4, 6, 8};
     o.space.a_bits = a_bits;
     o.probe_batches = 2;
+    o.activations = search::bmpq_activation_quantizer::ema_range;
     return o;
   }
 };

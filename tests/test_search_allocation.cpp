@@ -405,14 +405,26 @@ TEST_CASE("ompq_policy: bad input") {
 TEST_CASE("bmpq: bit planes rebuild the quantized weight and carry the bit gradients") {
   std::mt19937 rng(31);
   std::normal_distribution<float> g(0.0f, 1.0f);
-  for (int bits : {2, 3, 5, 8}) {
+  for (int bits : {1, 2, 3, 5, 8}) {
+    CAPTURE(bits);
     ftensor wv({6, 5});
     for (auto& x : wv) x = g(rng);
     wv[3] = 0.0f;
     const var w = var::parameter(wv);
     const auto bp = make_bit_plane_weight(w, bits);
-    REQUIRE(bp.planes.size() == std::size_t(bits - 1));
-    const auto ref = symmetric_fake_quant(wv.span(), bits);
+    REQUIRE(bp.planes.size() == std::size_t(bits == 1 ? 1 : bits - 1));
+    std::vector<float> ref;
+    if (bits == 1) {  // binary: mean|W| * sign(W), sign(0) = +1 (quant::binary_sign)
+      double mean = 0, mx = 0;
+      for (float v : wv)
+        mean += std::abs(v) / double(wv.size()), mx = std::max(mx, double(std::abs(v)));
+      for (float v : wv) ref.push_back(float(mean) * (v >= 0 ? 1.0f : -1.0f));
+      CHECK(bp.scale == doctest::Approx(mean).epsilon(1e-6));
+      CHECK(bp.sensitivity_scale == doctest::Approx((mx / mean) * (mx / mean)).epsilon(1e-5));
+    } else {
+      ref = symmetric_fake_quant(wv.span(), bits);
+      CHECK(bp.sensitivity_scale == 1.0f);
+    }
     for (std::size_t i = 0; i < wv.size(); ++i)
       CHECK(bp.quantized.value()[i] == doctest::Approx(ref[i]).epsilon(1e-6));
     ftensor r({6, 5});
@@ -420,13 +432,52 @@ TEST_CASE("bmpq: bit planes rebuild the quantized weight and carry the bit gradi
     autodiff::backward(autodiff::sum(autodiff::mul(bp.quantized, autodiff::constant(r))));
     for (std::size_t i = 0; i < wv.size(); ++i) {
       if (wv[i] != 0.0f) CHECK(w.grad()[i] == doctest::Approx(r[i]).epsilon(1e-5));  // STE
-      const float sign = wv[i] > 0 ? 1.0f : (wv[i] < 0 ? -1.0f : 0.0f);
-      for (int p = 0; p < bits - 1; ++p)
+      const float sign =
+          bits == 1 ? (wv[i] >= 0 ? 1.0f : -1.0f) : (wv[i] > 0 ? 1.0f : (wv[i] < 0 ? -1.0f : 0.0f));
+      for (int p = 0; p < int(bp.planes.size()); ++p)
         CHECK(bp.planes[std::size_t(p)].grad()[i] ==
               doctest::Approx(bp.scale * float(1 << p) * sign * r[i]).epsilon(1e-5));
     }
   }
-  CHECK_THROWS_AS(make_bit_plane_weight(var::parameter(ftensor({2}, 1.0f)), 1), bits_error);
+  CHECK_THROWS_AS(make_bit_plane_weight(var::parameter(ftensor({2}, 1.0f)), 0), bits_error);
+  CHECK_THROWS_AS(make_bit_plane_weight(var::parameter(ftensor({2}, 1.0f)), 9), bits_error);
+}
+
+TEST_CASE("bmpq: the mse weight scale beats the max scale and rebuilds through the planes") {
+  std::mt19937 rng(37);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (int bits : {2, 3, 4, 8}) {
+    CAPTURE(bits);
+    ftensor wv({16, 9});
+    for (auto& x : wv) x = g(rng);
+    const float levels = float((1 << (bits - 1)) - 1);
+    auto error_at = [&](float sc) {
+      double e = 0;
+      for (float v : wv) {
+        const double d = v - sc * std::clamp(std::round(v / sc), -levels, levels);
+        e += d * d;
+      }
+      return e;
+    };
+    const float smax = search::detail::bmpq_scale(wv.span(), bits, bmpq_weight_scale::max);
+    const float smse = search::detail::bmpq_scale(wv.span(), bits, bmpq_weight_scale::mse);
+    float m = 0;
+    for (float v : wv) m = std::max(m, std::abs(v));
+    CHECK(smax == doctest::Approx(m / levels));
+    CHECK(smse <= smax);
+    CHECK(smse >= 0.25f * smax * (1 - 1e-6f));
+    CHECK(error_at(smse) <= error_at(smax));
+    // No scale on a fine grid of the same range does better than the chosen one by > 1%.
+    for (int k = 0; k <= 300; ++k)
+      CHECK(error_at(smse) <= 1.01 * error_at((0.25f + 0.75f * float(k) / 300) * smax) + 1e-9);
+    if (bits == 2) CHECK(error_at(smse) < 0.9 * error_at(smax));  // clipping pays at 2 bits
+    const auto bp = make_bit_plane_weight(var::parameter(wv), bits, smse);
+    CHECK(bp.scale == smse);
+    CHECK(bp.sensitivity_scale == doctest::Approx((smax / smse) * (smax / smse)).epsilon(1e-5));
+    for (std::size_t i = 0; i < wv.size(); ++i)
+      CHECK(bp.quantized.value()[i] ==
+            smse * std::clamp(std::round(wv[i] / smse), -levels, levels));
+  }
 }
 
 TEST_CASE("bmpq_policy: re-allocates during the early phase within the budget, then freezes") {
@@ -495,11 +546,81 @@ TEST_CASE("bmpq_policy: the ILP solution is optimal for the accumulated sensitiv
   CHECK(noise(cfg.w_bits) == doctest::Approx(best).epsilon(1e-9));
   CHECK_THROWS_AS(p.allocate(f.ctx, budget::bitops(1.0)), budget_error);
   bmpq_options o;
-  o.space.candidates = {1, 2};
+  o.space.candidates = {0, 2};
   CHECK_THROWS_AS(bmpq_policy{o}, bits_error);
+  o.space.candidates = {2, 9};
+  CHECK_THROWS_AS(bmpq_policy{o}, bits_error);
+  o.space.candidates = {1, 2};
+  CHECK_NOTHROW(bmpq_policy{o});
   o = {};
   o.interval_epochs = 0;
   CHECK_THROWS_AS(bmpq_policy{o}, value_error);
+}
+
+TEST_CASE("bmpq_policy: LSQ activations and 1-bit weight candidates") {
+  fixture f;
+  bmpq_options o;
+  o.space.candidates = {1, 2, 3, 4};
+  o.space.a_bits = 2;
+  o.probe_batches = 2;
+  bmpq_policy p(o);
+  // Half the 2-bit budget: some layers must take binary weights.
+  auto b = budget::like_uniform(budget_kind::weight_bits, f.ctx.costs, 2, 2);
+  b.value *= 0.75;
+  const auto cfg = p.allocate(f.ctx, b);
+  CHECK(b.admits(f.ctx.costs, cfg));
+  CHECK(std::count(cfg.w_bits.begin(), cfg.w_bits.end(), 1) > 0);
+  for (double s : p.history().back().sensitivity) CHECK(s > 0);
+  const auto layers = nn::quantized_layers(*f.model);
+  REQUIRE(p.parameters().size() == layers.size());  // one LSQ step per layer
+  // The probe batches (training mode) set every step from the first batch each layer saw:
+  // signed where that batch had negative inputs (the first layer reads signed synthetic
+  // images), unsigned after the ReLUs.
+  const auto& first = f.data.batches[0].images;
+  const bool negative_images = *std::min_element(first.begin(), first.end()) < 0;
+  CHECK(p.input_is_signed(0) == negative_images);
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    CAPTURE(i);
+    CHECK(p.activation_step(i) > 0);
+    if (i > 0) CHECK(!p.input_is_signed(i));
+    if (!p.input_is_signed(i)) CHECK(p.clip_value(i) == doctest::Approx(3 * p.activation_step(i)));
+  }
+  // Re-attaching to the same layers (as the driver does for the finetune) keeps the steps.
+  const float step0 = p.activation_step(0);
+  nn::attach_policy(*f.model, p);
+  CHECK(p.activation_step(0) == step0);
+  // Eval forward: inputs on the LSQ grid, weights binary (mean|W| * sign) where the bits are 1.
+  f.model->eval();
+  {
+    autodiff::no_grad ng;
+    std::mt19937 rng(5);
+    ftensor xt({3, 5});
+    std::uniform_real_distribution<float> d(-1.0f, 2.0f);
+    for (auto& v : xt) v = d(rng);
+    for (std::size_t l : {std::size_t{0}, std::size_t{1}}) {
+      const float step = p.activation_step(l);
+      xt[0] = 1.5f * step;  // an exact tie
+      const auto q = p.quantize_activations(l, autodiff::constant(xt)).value();
+      const auto codes = quant::lsq_codes(xt, ftensor({1}, step), 2, p.input_is_signed(l));
+      for (std::size_t i = 0; i < xt.size(); ++i) CHECK(q[i] == step * float(codes.codes[i]));
+    }
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      CAPTURE(i);
+      const auto wc = p.weight_codes(i);
+      CHECK(wc.type.bits == cfg.w_bits[i]);
+      const auto want = p.quantize_weights(i, layers[i]->weight).value();
+      const auto got = wc.dequantize();
+      REQUIRE(got.size() == want.size());
+      for (std::size_t j = 0; j < got.size(); ++j) CHECK(got[j] == want[j]);
+    }
+  }
+  // A driver-style finetune step trains the steps: they receive gradients.
+  f.model->train();
+  const auto& bt = f.data.batches[0];
+  autodiff::backward(autodiff::cross_entropy((*f.model)(autodiff::constant(bt.images)), bt.labels));
+  double g = 0;
+  for (auto& s : p.parameters()) g += std::abs(double(s.grad()[0]));
+  CHECK(g > 0);
 }
 
 TEST_CASE("hutchinson_traces: quadratic models with a known Hessian") {

@@ -2,7 +2,8 @@
 // policy that is also the precision policy of the training: weights are built from bit planes
 // in the graph, so the gradient of every plane is read after each backward; per-layer
 // sensitivities accumulated over E epochs feed an exact ILP that switches layer precisions
-// during an early phase, after which the allocation is frozen.
+// during an early phase, after which the allocation is frozen. Activations (fixed bits) use a
+// learned LSQ step by default.
 #pragma once
 
 #include <algorithm>
@@ -17,7 +18,9 @@
 #include "mixq/autodiff/var.hpp"
 #include "mixq/core/error.hpp"
 #include "mixq/nn/quantized.hpp"
+#include "mixq/quant/binary.hpp"
 #include "mixq/quant/code_tensor.hpp"
+#include "mixq/quant/lsq.hpp"
 #include "mixq/search/policy.hpp"
 #include "mixq/search/weight_allocation.hpp"
 
@@ -28,29 +31,86 @@ namespace mixq::search {
 /// var holds dL/dbeta_i = s * 2^i * sign(W) * dL/dW_q. The planes pass the gradient straight
 /// through to W: beta_i = bits_i + c_i (u - detach(u)) with u = |W| / s and
 /// c_i = 1 / ((k-1) 2^i), so dW_q/dW = 1 (the usual STE).
+/// One bit (this library's extension; the formulation needs a magnitude plane): binary weights
+/// W_q = s * sign(W) * beta_0 with s = mean|W| (sign(0) = +1, as quant::binary_sign) and one
+/// plane beta_0 = 1; its gradient s * sign(W) * dL/dW_q is that of a 2-bit MSB plane at scale s.
 struct bit_plane_weight {
   autodiff::var quantized;            // W_q, same shape as W
-  std::vector<autodiff::var> planes;  // k-1 planes, least significant first
+  std::vector<autodiff::var> planes;  // k-1 planes (1 for one bit), least significant first
   float scale = 0;
+  /// Factor that brings the planes' squared gradients to the max scale max|W| / L, so that
+  /// sensitivities compare across bits and scale choices: (max|W| / s)^2 at one bit (the
+  /// 2-bit max scale), (max|W| / (L s))^2 otherwise (1 for the max scale).
+  float sensitivity_scale = 1;
 };
 
-inline bit_plane_weight make_bit_plane_weight(const autodiff::var& w, int bits) {
+/// How BMPQ picks the per-tensor scale of a >= 2-bit weight.
+enum class bmpq_weight_scale {
+  max,  ///< s = max|W| / L (L = 2^(b-1) - 1): no weight is clipped
+  /// s = t max|W| / L with t in [0.25, 1] (61 steps) minimising ||W - Q_s(W)||^2: at 2 bits
+  /// (levels {-s, 0, s}) the max scale rounds most weights of a trained layer to 0.
+  mse,
+};
+
+namespace detail {
+/// The scale of a symmetric b-bit grid for w (b >= 2), or mean|W| for b = 1 (the binary
+/// quantizer's); 1 for an all-zero tensor.
+inline float bmpq_scale(std::span<const float> w, int bits, bmpq_weight_scale mode) {
+  float m = 0;
+  double abs_sum = 0;
+  for (float v : w) m = std::max(m, std::abs(v)), abs_sum += std::abs(v);
+  if (!(m > 0)) return 1.0f;
+  if (bits == 1) return float(abs_sum / double(w.size()));
+  const float levels = float((1 << (bits - 1)) - 1);
+  if (mode == bmpq_weight_scale::max) return m / levels;
+  float best_s = m / levels;
+  double best = -1;
+  for (int k = 60; k >= 0; --k) {  // from t = 1 down: ties keep the larger scale
+    const float s = (0.25f + 0.75f * float(k) / 60.0f) * m / levels;
+    double e = 0;
+    for (float v : w) {
+      const float d = v - s * std::clamp(std::round(v / s), -levels, levels);
+      e += double(d) * double(d);
+    }
+    if (best < 0 || e < best) best = e, best_s = s;
+  }
+  return best_s;
+}
+}  // namespace detail
+
+/// `scale` > 0 sets the grid's scale (b >= 2; see detail::bmpq_scale); 0 takes max|W| / L.
+inline bit_plane_weight make_bit_plane_weight(const autodiff::var& w, int bits, float scale = 0) {
   using namespace autodiff;
-  if (bits < 2 || bits > 8)
-    throw bits_error(mixq::detail::cat("make_bit_plane_weight: ", bits,
-                                       " bits; expected 2..8 (a sign and >= 1 magnitude plane)"));
+  if (bits < 1 || bits > 8)
+    throw bits_error(mixq::detail::cat("make_bit_plane_weight: ", bits, " bits; expected 1..8"));
   const ftensor& wv = w.value();
   float m = 0;
-  for (float v : wv) m = std::max(m, std::abs(v));
-  const int planes = bits - 1;
-  const int levels = (1 << planes) - 1;
+  double abs_sum = 0;
+  for (float v : wv) m = std::max(m, std::abs(v)), abs_sum += std::abs(v);
+  const bool binary = bits == 1;
+  const int planes = binary ? 1 : bits - 1;
+  const int levels = binary ? 1 : (1 << planes) - 1;
   bit_plane_weight out;
-  out.scale = m > 0 ? m / float(levels) : 1.0f;
+  if (binary) {
+    const float mean = wv.size() ? float(abs_sum / double(wv.size())) : 0.0f;
+    out.scale = mean > 0 ? mean : 1.0f;
+    out.sensitivity_scale = mean > 0 ? (m / mean) * (m / mean) : 1.0f;
+  } else {
+    out.scale = m > 0 ? (scale > 0 ? scale : m / float(levels)) : 1.0f;
+    // Gradient energies scale with s^2: refer them to the max scale's.
+    if (m > 0)
+      out.sensitivity_scale = (m / (float(levels) * out.scale)) * (m / (float(levels) * out.scale));
+  }
   const float s = out.scale;
   ftensor sign_s(wv.shape()), code(wv.shape());
   for (std::size_t i = 0; i < wv.size(); ++i) {
-    sign_s[i] = wv[i] > 0 ? s : (wv[i] < 0 ? -s : 0.0f);
-    code[i] = std::min(std::round(std::abs(wv[i]) / s), float(levels));
+    if (binary) {
+      sign_s[i] = wv[i] >= 0 ? s : -s;
+      code[i] = 1;
+    } else {
+      sign_s[i] = wv[i] > 0 ? s : (wv[i] < 0 ? -s : 0.0f);
+      code[i] = std::min(std::round(std::abs(wv[i]) / s), float(levels));
+    }
   }
   const var u = mul(abs(w), 1.0f / s);
   const var du = sub(u, detach(u));  // zero valued; carries d/dW
@@ -67,12 +127,25 @@ inline bit_plane_weight make_bit_plane_weight(const autodiff::var& w, int bits) 
   return out;
 }
 
+/// How BMPQ quantizes layer inputs (the paper fixes activation bits and does not say how).
+enum class bmpq_activation_quantizer {
+  /// LSQ: a learned step per layer, set from the first training batch; an unsigned grid when
+  /// that batch has no negative input, else a signed one. The default: at 2 bits a range
+  /// that follows the batch maximum rounds most activations to 0 and training collapses.
+  lsq,
+  /// A uniform grid over an EMA of the batch range (act_momentum); no learned parameter.
+  ema_range,
+};
+
 struct bmpq_options {
+  /// Weight-bit candidates, 1..8 (1 = binary weights, see bit_plane_weight).
   weight_search_space space = weight_search_space::of({2, 3, 4, 5, 6, 8}, 4);
   std::size_t interval_epochs = 1;  // E: re-solve every E epochs ...
   std::size_t early_epochs = 4;     // ... while epoch < early_epochs, then freeze
   std::size_t probe_batches = 4;    // allocate(): training batches measured before the first ILP
-  float act_momentum = 0.9f;        // EMA of the activation range (training mode only)
+  bmpq_activation_quantizer activations = bmpq_activation_quantizer::lsq;
+  bmpq_weight_scale weight_scale = bmpq_weight_scale::mse;
+  float act_momentum = 0.9f;  // ema_range: EMA of the activation range (training mode only)
 };
 
 /// One ILP solve: when, with which sensitivities, what it chose and what that costs.
@@ -92,9 +165,11 @@ struct bmpq_resolve {
 class bmpq_policy : public nn::precision_policy {
  public:
   explicit bmpq_policy(bmpq_options o = {}) : opt_(std::move(o)) {
-    if (opt_.space.candidates.empty() || opt_.space.candidates.front() < 2)
+    if (opt_.space.candidates.empty() || opt_.space.candidates.front() < 1 ||
+        opt_.space.candidates.back() > 8)
       throw bits_error(
-          "bmpq_policy: weight-bit candidates must be >= 2 (a sign and a magnitude plane)");
+          "bmpq_policy: weight-bit candidates must be within 1..8 (none given or "
+          "out of range)");
     if (opt_.interval_epochs == 0)
       throw value_error("bmpq_policy: interval_epochs is 0; expected >= 1");
     if (!(opt_.act_momentum >= 0 && opt_.act_momentum < 1))
@@ -110,8 +185,6 @@ class bmpq_policy : public nn::precision_policy {
     static constexpr const char* who = "bmpq_policy";
     const auto pin = opt_.space.pinned(c.costs.size(), who);
     opt_.space.check_feasible(c.costs, b, who);
-    for (int p : pin)
-      if (p == 1) throw bits_error("bmpq_policy: pinned bits must be >= 2");
     nn::attach_policy(c.model, *this);
     if (layers_.size() != c.costs.size())
       throw shape_error(mixq::detail::cat(who, ": the model has ", layers_.size(),
@@ -161,13 +234,18 @@ class bmpq_policy : public nn::precision_policy {
     const int bits = config_.w_bits[layer];
     if (frozen_ || !autodiff::grad_enabled() || !w.requires_grad()) {
       // No sensitivity needed: a plain STE fake quantization.
-      const auto q = symmetric_fake_quant(w.value().span(), bits);
-      const autodiff::var qv = autodiff::constant(autodiff::ftensor(w.shape(), q));
+      if (bits == 1)
+        return quant::binary_sign(w, quant::binary_scaling::mean_abs,
+                                  quant::granularity::per_tensor);
+      const quant::code_tensor c = codes_of(w.value(), bits);
+      const autodiff::var qv = autodiff::constant(c.dequantize());
       return autodiff::add(w, autodiff::detach(autodiff::sub(qv, w)));
     }
     collect(layer);  // the previous step's planes, now holding their gradients
-    auto bp = make_bit_plane_weight(w, bits);
+    auto bp = make_bit_plane_weight(w, bits,
+                                    detail::bmpq_scale(w.value().span(), bits, opt_.weight_scale));
     pending_[layer] = bp.planes;
+    pending_scale_[layer] = bp.sensitivity_scale;
     return bp.quantized;
   }
 
@@ -176,15 +254,30 @@ class bmpq_policy : public nn::precision_policy {
     return quantize_input(layer, x, layers_[layer] ? layers_[layer]->is_training() : false);
   }
 
+  /// Attaching again to the same layers (the driver re-attaches for the finetune) keeps the
+  /// measured ranges and learned steps; other layers start afresh.
   void on_attach(std::span<nn::quantized_layer* const> layers) override {
+    if (std::equal(layers.begin(), layers.end(), layers_.begin(), layers_.end())) return;
     layers_.assign(layers.begin(), layers.end());
     lo_.assign(layers.size(), 0.0f);
     hi_.assign(layers.size(), 0.0f);
     range_set_.assign(layers.size(), false);
+    signed_input_.assign(layers.size(), false);
+    step_bits_.assign(layers.size(), 0);
+    act_steps_.clear();
+    for (std::size_t i = 0; i < layers.size(); ++i)
+      act_steps_.push_back(autodiff::var::parameter(autodiff::ftensor({1}, 1.0f)));
     pending_.assign(layers.size(), {});
+    pending_scale_.assign(layers.size(), 1.0f);
     if (config_.size() != layers.size())
       config_ = bit_config::uniform(layers.size(), opt_.space.candidates.back(), opt_.space.a_bits);
     reset_accumulators();
+  }
+
+  /// The LSQ steps (lsq activations; trained with the weights), else none.
+  std::vector<autodiff::var> parameters() override {
+    if (opt_.activations != bmpq_activation_quantizer::lsq) return {};
+    return act_steps_;
   }
 
   // ---- inspection -----------------------------------------------------------------------
@@ -194,16 +287,24 @@ class bmpq_policy : public nn::precision_policy {
 
   // ---- deployment (deploy::deployable_policy) ---------------------------------------------
 
-  /// Layer i's weights as the eval forward quantizes them (symmetric_fake_quant, equal to the
-  /// bit-plane sum of training): signed codes in +-(2^(b-1) - 1), zero point 0, one scale
-  /// max|W| / (2^(b-1) - 1) per tensor (1 for an all-zero tensor, whose codes are all 0).
+  /// Layer i's weights as the eval forward quantizes them (equal to the bit-plane sum of
+  /// training): signed codes in +-(2^(b-1) - 1), zero point 0, one scale per tensor
+  /// (options().weight_scale; 1 for an all-zero tensor, whose codes are all 0). One bit:
+  /// binary codes +-1 with scale mean|W| (quant::binary_codes).
   quant::code_tensor weight_codes(std::size_t layer) const {
     check_attached(layer);
-    const auto& w = layers_[layer]->weight.value();
-    const int bits = config_.w_bits[layer];
+    return codes_of(layers_[layer]->weight.value(), config_.w_bits[layer]);
+  }
+
+ private:
+  quant::code_tensor codes_of(const autodiff::ftensor& w, int bits) const {
+    if (bits == 1)
+      return quant::binary_codes(w, quant::binary_scaling::mean_abs,
+                                 quant::granularity::per_tensor);
     float m = 0;
     for (float v : w) m = std::max(m, std::abs(v));
-    const float levels = float((1 << (bits - 1)) - 1), s = m > 0 ? m / levels : 1.0f;
+    const float levels = float((1 << (bits - 1)) - 1);
+    const float s = detail::bmpq_scale(w.span(), bits, opt_.weight_scale);
     quant::code_tensor c;
     c.type = bitwidth{bits, true};
     c.shape = w.shape();
@@ -215,11 +316,26 @@ class bmpq_policy : public nn::precision_policy {
     return c;
   }
 
-  /// The upper end of layer i's activation range (the EMA the eval forward quantizes with):
-  /// when the range is one-sided ([0, hi], hi > 0) the input grid is PACT's with alpha = hi.
+ public:
+  /// The upper end of layer i's input grid: ema_range, the EMA maximum (when the range is
+  /// one-sided, [0, hi] with hi > 0, the grid is PACT's with alpha = hi); lsq, step * (2^b - 1).
   float clip_value(std::size_t layer) const {
     check_attached(layer);
+    if (opt_.activations == bmpq_activation_quantizer::lsq)
+      return act_steps_[layer].value()[0] * float((1 << config_.a_bits[layer]) - 1);
     return hi_[layer];
+  }
+  /// Whether layer i's LSQ grid is signed (its first training batch had negative inputs).
+  bool input_is_signed(std::size_t layer) const {
+    check_attached(layer);
+    return signed_input_[layer];
+  }
+  /// Layer i's learned LSQ step (lsq activations).
+  float activation_step(std::size_t layer) const {
+    check_attached(layer);
+    if (opt_.activations != bmpq_activation_quantizer::lsq)
+      throw value_error("bmpq_policy::activation_step: activations use the EMA range, not LSQ");
+    return act_steps_[layer].value()[0];
   }
 
   /// "" when layer i's input grid is one-sided (deployable); otherwise why not: the range was
@@ -227,6 +343,14 @@ class bmpq_policy : public nn::precision_policy {
   /// unquantized).
   std::string input_deploy_problem(std::size_t layer) const {
     check_attached(layer);
+    if (opt_.activations == bmpq_activation_quantizer::lsq) {
+      if (!step_bits_[layer])
+        return "has no LSQ activation step yet (run a training forward first)";
+      if (signed_input_[layer])
+        return "has a signed LSQ activation grid (its first training batch had negative "
+               "inputs); integer models take one-sided inputs";
+      return "quantizes its input with LSQ, which this deploy version cannot encode yet";
+    }
     if (!range_set_[layer])
       return "has no measured activation range (run a training forward first)";
     if (lo_[layer] < 0)
@@ -280,7 +404,7 @@ class bmpq_policy : public nn::precision_policy {
       s += e * std::ldexp(1.0, 2 * int(k - 1 - i));  // 4^(k-1-i): to the MSB's weight
     }
     const double n = double(planes.front().size());
-    sum_[layer] += s / (n * double(k));
+    sum_[layer] += double(pending_scale_[layer]) * s / (n * double(k));
     ++steps_[layer];
     planes.clear();
   }
@@ -313,9 +437,34 @@ class bmpq_policy : public nn::precision_policy {
     reset_accumulators();
   }
 
+  /// LSQ: the step is set from the first training batch (with its sign) and, when the bits
+  /// change, rescaled to keep the clipping range. Until then inputs pass unquantized (an eval
+  /// forward on a zero image, such as trace_costs', must not set it).
+  autodiff::var quantize_lsq_input(std::size_t layer, const autodiff::var& x, bool training) {
+    const int bits = config_.a_bits[layer];
+    if (!step_bits_[layer]) {
+      if (!training) return x;
+      bool negative = false;
+      for (float v : x.value()) negative = negative || v < 0;
+      signed_input_[layer] = negative && bits >= 2;
+      act_steps_[layer].value()[0] = quant::lsq_initial_step(x.value(), bits, signed_input_[layer]);
+      step_bits_[layer] = bits;
+    } else if (step_bits_[layer] != bits) {
+      int qn0 = 0, qp0 = 0, qn1 = 0, qp1 = 0;
+      quant::detail::lsq_range(step_bits_[layer], signed_input_[layer], qn0, qp0);
+      signed_input_[layer] = signed_input_[layer] && bits >= 2;
+      quant::detail::lsq_range(bits, signed_input_[layer], qn1, qp1);
+      act_steps_[layer].value()[0] *= float(qp0) / float(qp1);
+      step_bits_[layer] = bits;
+    }
+    return quant::lsq(x, act_steps_[layer], bits, signed_input_[layer]);
+  }
+
   /// Uniform activation quantization on an EMA range (unsigned when the range is >= 0).
   autodiff::var quantize_input(std::size_t layer, const autodiff::var& x, bool training) {
     using namespace autodiff;
+    if (opt_.activations == bmpq_activation_quantizer::lsq)
+      return quantize_lsq_input(layer, x, training);
     const int bits = config_.a_bits[layer];
     if (training || !range_set_[layer]) {
       float lo = 0, hi = 0;
@@ -344,6 +493,10 @@ class bmpq_policy : public nn::precision_policy {
   bit_config config_;
   std::vector<nn::quantized_layer*> layers_;
   std::vector<std::vector<autodiff::var>> pending_;
+  std::vector<float> pending_scale_;
+  std::vector<autodiff::var> act_steps_;  // LSQ activation steps, one per layer
+  std::vector<int> step_bits_;            // bits each step was set for (0: not yet)
+  std::vector<bool> signed_input_;
   std::vector<double> sum_;
   std::vector<std::size_t> steps_;
   std::vector<float> lo_, hi_;
