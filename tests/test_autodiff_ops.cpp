@@ -182,6 +182,30 @@ TEST_CASE("shape ops and reductions") {
     check_gradients([ax](const auto& v) { return log_softmax(v[0], ax); }, {x});
   }
   check_gradients([](const auto& v) { return max(abs(v[0])); }, {x});
+  {
+    const ftensor y = random_tensor({2, 3, 4}, rng), w = random_tensor({3}, rng);
+    check_gradients(
+        [](const auto& v) {
+          return weighted_sum({v[0], v[1], v[2]}, v[3]);
+        },
+        {x, y, x, w});
+    check_gradients(
+        [](const auto& v) {
+          return weighted_sum({v[0], v[0]}, v[1]);
+        },
+        {x, random_tensor({2}, rng)});  // a term twice: contributions add
+    check_gradients(                    // a term that is also an input of another op in the graph
+        [](const auto& v) {
+          return add(weighted_sum({v[0], v[1]}, v[2]), mul(v[0], v[1]));
+        },
+        {x, y, random_tensor({2}, rng)});
+    const var ws = weighted_sum({constant(x), constant(y), constant(x)}, constant(w));
+    for (std::size_t i = 0; i < x.size(); ++i)
+      CHECK(ws.value()[i] == doctest::Approx(w[0] * x[i] + w[1] * y[i] + w[2] * x[i]));
+    CHECK_THROWS_AS(weighted_sum({}, constant(w)), shape_error);
+    CHECK_THROWS_AS(weighted_sum({constant(x), constant(y)}, constant(w)), shape_error);
+    CHECK_THROWS_AS(weighted_sum({constant(x), constant(z)}, constant(ftensor({2}))), shape_error);
+  }
   // Values against plain loops.
   const var s1 = sum(constant(x), 1), m2 = max(constant(x), 2);
   for (std::size_t i = 0; i < 2; ++i)

@@ -442,6 +442,59 @@ inline var concat(const std::vector<var>& xs, int axis = 0) {
   });
 }
 
+/// sum_j w[j] * terms[j]: terms of one shape, w a vector with one weight per term. One node
+/// instead of a scalar product and a sum per term (the mixtures of DNAS and EBS, whose terms
+/// are activation-sized): one output and one gradient per term, no zero-filled buffers.
+/// d/dterms[j] = w[j] dy; d/dw[j] = sum(dy * terms[j]).
+inline var weighted_sum(const std::vector<var>& terms, const var& w) {
+  if (terms.empty()) throw shape_error("weighted_sum: needs at least one term");
+  if (w.shape() != shape_t{terms.size()})
+    throw shape_error(detail::cat("weighted_sum: weights of shape ", shape_string(w.shape()),
+                                  " for ", terms.size(), " terms; expected [", terms.size(), "]"));
+  const shape_t& s0 = terms[0].shape();
+  for (const auto& t : terms)
+    if (t.shape() != s0)
+      throw shape_error(detail::cat("weighted_sum: term of shape ", shape_string(t.shape()),
+                                    " does not match ", shape_string(s0)));
+  ftensor y = detail::cache().take(s0);
+  const std::size_t n = y.size();
+  const float* pw = w.value().data();
+  float* py = y.data();
+  for (std::size_t j = 0; j < terms.size(); ++j) {
+    const float* pt = terms[j].value().data();
+    const float wj = pw[j];
+    if (j == 0)
+      for (std::size_t i = 0; i < n; ++i) py[i] = wj * pt[i];
+    else
+      for (std::size_t i = 0; i < n; ++i) py[i] += wj * pt[i];
+  }
+  std::vector<var> parents = terms;
+  parents.push_back(w);
+  return detail::make_result(std::move(y), std::move(parents), "weighted_sum", [](node& self) {
+    const std::size_t k = self.parents.size() - 1, n = self.value.size();
+    const float* g = self.grad.data();
+    const float* pw = self.parents[k]->value.data();
+    // The weights' gradient first: it reads the terms' values, which a term's own gradient
+    // buffer never aliases.
+    if (ftensor* gw = detail::parent_grad(self, k))
+      for (std::size_t j = 0; j < k; ++j) {
+        const float* pt = self.parents[j]->value.data();
+        double acc = 0;
+        for (std::size_t i = 0; i < n; ++i) acc += double(g[i]) * double(pt[i]);
+        (*gw)[j] += float(acc);
+      }
+    for (std::size_t j = 0; j < k; ++j) {
+      const detail::grad_target gt = detail::parent_grad_target(self, j);
+      if (!gt) continue;
+      const float wj = pw[j];
+      if (gt.fresh)
+        for (std::size_t i = 0; i < n; ++i) gt.data[i] = wj * g[i];
+      else
+        for (std::size_t i = 0; i < n; ++i) gt.data[i] += wj * g[i];
+    }
+  });
+}
+
 // ---- reductions ---------------------------------------------------------------------------
 
 /// Sum of all elements -> shape [1]. dx = dy.
