@@ -13,7 +13,7 @@
 //                        [--fp32-epochs 2] [--checkpoint PATH] [--seed 1] [--out DIR]
 //                        [--bits 1,2,3,4,5,6,7,8] [--batch 64] [--lr 0.01] [--finetune-lr LR]
 //                        [--arch-lr 0.003 (fracbits: 0.03)]
-//                        [--finetune-quantizer pact|lsq]
+//                        [--finetune-quantizer lsq|pact]
 //                        [--limit-train N] [--limit-test N] [--data-dir DIR] [--no-deploy]
 #include <algorithm>
 #include <chrono>
@@ -99,9 +99,9 @@ void add_differentiable_policies([[maybe_unused]] Map& m) {
 
 struct settings {
   std::string policy = "uniform", budget = "w3a3", budget_kind = "bitops";
-  /// The finetune's quantizers: pact (per-channel symmetric weights, PACT activations; the
-  /// driver's default) or lsq (LSQ steps for weights and activations).
-  std::string finetune_quantizer = "pact";
+  /// The finetune's quantizers: lsq (LSQ steps for weights and activations; the driver's
+  /// default) or pact (per-channel symmetric weights, PACT activations).
+  std::string finetune_quantizer = "lsq";
   std::size_t epochs = 1, warmup_epochs = 0, finetune_epochs = 1, fp32_epochs = 2;
   std::size_t batch = 64, limit_train = 0, limit_test = 0;
   float lr = 0.01f;        // FP32 training, warm-up and search weights
@@ -199,7 +199,7 @@ std::map<std::string, policy_runner> available_policies() {
             << "\nusage: search_fashion_mnist [--policy NAME] [--budget wXaY] "
                "[--budget-kind bitops|size] [--epochs N] [--warmup-epochs N] "
                "[--finetune-epochs N] [--fp32-epochs N] [--checkpoint PATH] [--seed N] "
-               "[--out DIR] [--finetune-quantizer pact|lsq] [--bits LIST] [--batch N] [--lr X] "
+               "[--out DIR] [--finetune-quantizer lsq|pact] [--bits LIST] [--batch N] [--lr X] "
                "[--finetune-lr X] [--arch-lr X] "
                "[--limit-train N] [--limit-test N] [--data-dir DIR] [--no-deploy]\n";
   std::exit(2);
@@ -761,7 +761,10 @@ int main(int argc, char** argv) {
     o.finetune_lr = s.finetune_lr >= 0 ? s.finetune_lr : s.lr;
     o.arch_lr = s.arch_lr >= 0 ? s.arch_lr : default_arch_lr(s.policy);
     o.seed = s.seed;
-    if (s.finetune_quantizer == "lsq") {
+    if (s.finetune_quantizer == "pact") {
+      o.fixed_options.weights = nn::weight_quantizer::uniform_symmetric;
+      o.fixed_options.activations = nn::activation_quantizer::pact;
+    } else {
       o.fixed_options.weights = nn::weight_quantizer::lsq;
       o.fixed_options.activations = nn::activation_quantizer::lsq;
     }

@@ -253,8 +253,9 @@ TEST_CASE("run: uniform policy through every phase, config and figures, JSON rou
     REQUIRE(fp != nullptr);
     CHECK(fp->config() == r.config);
     CHECK(fp->options().two_sided_layers == std::vector<std::size_t>{0});
-    CHECK(fp->options().weights == nn::weight_quantizer::uniform_symmetric);
-    CHECK(fp->alpha(0).value()[0] > 0.0f);
+    CHECK(fp->options().weights == nn::weight_quantizer::lsq);
+    CHECK(fp->options().activations == nn::activation_quantizer::lsq);
+    CHECK_THROWS_AS(fp->alpha(0), value_error);  // no PACT alphas
     std::size_t warm = 0, fine = 0;
     for (const auto& e : r.epochs) (e.phase == "warmup" ? warm : fine) += 1;
     CHECK(warm == o.warmup_epochs);

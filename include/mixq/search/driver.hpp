@@ -217,13 +217,15 @@ struct search_options {
   std::uint64_t seed = 1;
   /// Recorded in the result ("uniform", "dnas", ...).
   std::string policy_name = "policy";
-  /// The finetune's precision policy; empty: nn::fixed_policy (DoReFa weights, PACT
-  /// activations; two-sided PACT on the layers with signed inputs, each alpha initialised to
+  /// The finetune's precision policy; empty: nn::fixed_policy with fixed_options (signed
+  /// grids on the layers with signed inputs; PACT alphas, when PACT is chosen, initialised to
   /// the 99.9% quantile of |input| on one training batch; see input_statistics()).
   fixed_policy_factory make_fixed_policy;
   /// Settings of the default finetune policy (two_sided_layers is filled in by the driver).
-  /// Per-channel symmetric weights by default: unlike DoReFa's tanh normalisation they keep
-  /// a trained model's weight scale, so the batch-norm statistics still fit at the start.
+  /// LSQ weights (a learned step per output channel) and LSQ activations by default: on
+  /// Fashion-MNIST at W2A2 per-channel max-scaled weights with PACT left 8 of 18 finetunes at
+  /// chance, LSQ none (docs/search.md). Both keep a trained model's weight scale, unlike
+  /// DoReFa's tanh normalisation, so the batch-norm statistics still fit at the start.
   nn::fixed_policy_options fixed_options = default_fixed_options();
   /// Batches over which the batch norms' running statistics are re-estimated whenever a
   /// fixed config is attached for the finetune (0: keep the stored statistics).
@@ -231,7 +233,8 @@ struct search_options {
 
   static nn::fixed_policy_options default_fixed_options() {
     nn::fixed_policy_options f;
-    f.weights = nn::weight_quantizer::uniform_symmetric;
+    f.weights = nn::weight_quantizer::lsq;
+    f.activations = nn::activation_quantizer::lsq;
     return f;
   }
   std::ostream* out = &std::cerr;  // progress and phase lines; nullptr: silent
