@@ -9,6 +9,7 @@
 #include <cmath>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <string>
 #include <utility>
 
@@ -787,8 +788,14 @@ TEST_CASE("ebs derive fills the budget: within it, no less than argmax, the exac
         budget::bitops(least + (w4 - least) * std::uniform_real_distribution<double>(0, 1)(rng));
     for (std::size_t m = 0; m < 3; ++m) {
       search_context ctx = make_context(*nets[m]);
+      std::ostringstream log;
+      ctx.log = &log;
       cfg.push_back(pols[m]->derive(ctx, b));
       REQUIRE(b.admits(costs, cfg.back()));
+      // the fills report the argmax and the filled config with their share of the budget
+      CHECK((log.str().find("filled (" + std::string(m == 1 ? "greedy" : "exact")) !=
+             std::string::npos) == (m > 0));
+      if (m > 0) CHECK(log.str().find(cfg.back().to_string()) != std::string::npos);
     }
     INFO("trial " << trial << " " << b.describe() << " argmax " << cfg[0].to_string() << " greedy "
                   << cfg[1].to_string() << " exact " << cfg[2].to_string());

@@ -198,12 +198,27 @@ class ebs_policy : public nn::precision_policy {
       choices.push_back(std::move(ch));
     }
     auto chosen = detail::repair_to_budget(choices, best, costs, b, "ebs_policy");
-    if (o_.derive == ebs_derive::fill_greedy)
+    if (o_.derive == ebs_derive::argmax) return detail::config_of(choices, chosen);
+    const auto start = chosen;
+    bool proven = true;
+    if (o_.derive == ebs_derive::fill_greedy) {
       chosen = detail::fill_budget_greedy(choices, std::move(chosen), costs, b, o_.fill_slack);
-    else if (o_.derive == ebs_derive::fill_exact)
-      chosen =
-          detail::fill_budget_exact(choices, chosen, costs, b, o_.fill_slack, o_.fill_max_nodes)
-              .chosen;
+    } else {
+      auto f =
+          detail::fill_budget_exact(choices, start, costs, b, o_.fill_slack, o_.fill_max_nodes);
+      chosen = std::move(f.chosen);
+      proven = f.proven_optimal;
+    }
+    if (c.log) {
+      auto describe = [&](const std::vector<std::size_t>& k) {
+        return detail::cat(detail::config_of(choices, k).to_string(), " (",
+                           100 * detail::choices_cost(choices, k, costs, b.kind) / b.value,
+                           "% of the budget, log p ", log_prob(choices, k), ")");
+      };
+      *c.log << "ebs: argmax" << (start == best ? "" : " repaired") << " " << describe(start)
+             << "\n     filled (" << (o_.derive == ebs_derive::fill_greedy ? "greedy" : "exact")
+             << (proven ? "" : ", node limit hit") << ") " << describe(chosen) << "\n";
+    }
     return detail::config_of(choices, chosen);
   }
 
@@ -217,6 +232,12 @@ class ebs_policy : public nn::precision_policy {
       throw shape_error(detail::cat("ebs_policy: layer ", l, " of ", state_.size(),
                                     "; attach the policy to the model first"));
     return state_[l];
+  }
+  static double log_prob(const std::vector<std::vector<detail::layer_choice>>& choices,
+                         const std::vector<std::size_t>& k) {
+    double v = 0;
+    for (std::size_t l = 0; l < choices.size(); ++l) v += choices[l][k[l]].logp;
+    return v;
   }
   void check_attached() const {
     if (state_.empty())
