@@ -22,19 +22,20 @@
 // After a short search the strengths are still close to uniform, so the expected cost (a mean
 // over candidates, ~3.6 bits for {1,2,3,4,8}) sits far above a low budget such as W2A2 and
 // the penalty pushes every layer's argmax to the cheapest candidates: on Fashion-MNIST (demo
-// CNN, one search epoch, W2A2 BitOps) argmax used 29.5% of the budget. The repair above only
-// moves down, so that leftover was never spent. ebs_derive::fill_exact (default) returns the
+// CNN, one search epoch, W2A2 BitOps) argmax used 29.5% of the budget (finetuned 61.2%, uniform
+// 73.0%); filled, 98.3% (71.4%). The repair above only moves down, so that leftover was never
+// spent. ebs_derive::fill_exact (default) returns the
 // exact optimum of
 //     max sum_l log p_l(w_l, a_l)   subject to   lower <= cost <= T,
 //     lower = max(cost of argmax+repair, (1 - fill_slack) T)
 // (log p_l(w, a) = log r_w + log r_a) from solve_allocation() as a two-budget multiple-choice
 // knapsack (detail::fill_budget_exact; fill_slack doubles while the window holds no config).
 // It is the most probable configuration that spends the budget, it is exact (brute-force
-// checked in the tests) and, with 25 (w, a) options per layer, takes milliseconds on the demo
-// CNN and ResNet-20-sized tables; fill_max_nodes caps the branch and bound for larger ones
-// (the best find is kept). ebs_derive::fill_greedy is the cheap heuristic (the upgrade losing
-// the least log-probability per unit of cost added, while it fits, until the floor is met);
-// ebs_derive::argmax is the paper's plain rule.
+// checked in the tests) and, with 25 (w, a) options per layer and random strengths, took
+// under 1 ms on ResNet-18's 21 layers and up to 0.1 s on MobileNetV2's 53 (W2..W4 budgets);
+// fill_max_nodes caps the branch and bound (the best find is kept). ebs_derive::fill_greedy is the
+// cheap heuristic (the upgrade losing the least log-probability per unit of cost added, while it
+// fits, until the floor is met); ebs_derive::argmax is the paper's plain rule.
 #pragma once
 
 #include <cstdint>
