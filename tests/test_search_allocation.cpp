@@ -14,10 +14,12 @@
 #include "mixq/nn/module.hpp"
 #include "mixq/nn/optim.hpp"
 #include "mixq/nn/quantized.hpp"
+#include "mixq/nn/quantized_residual.hpp"
 #include "mixq/search/bmpq_policy.hpp"
 #include "mixq/search/cka.hpp"
 #include "mixq/search/hawq_policy.hpp"
 #include "mixq/search/ompq_policy.hpp"
+#include "mixq/search/trace.hpp"
 
 using namespace mixq;
 using namespace mixq::search;
@@ -701,4 +703,138 @@ TEST_CASE("hawq_policy: 4/8-bit ILP on Hessian-weighted perturbations") {
   CHECK_THROWS_AS(p.allocate(f.ctx, budget::weight_bits(10)), budget_error);
   o.batches = 0;
   CHECK_THROWS_AS(hawq_policy{o}, value_error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tied layers (search_context::tied_layers): a residual block's conv1 and downsampling conv
+// read the same tensor and must share their bits.
+
+namespace {
+
+// stem conv (1 -> 4) -> relu -> residual block (4 -> 8, stride 2, 1x1 downsample) -> global
+// average -> fc (3).
+std::shared_ptr<nn::sequential> residual_cnn(std::mt19937& rng) {
+  auto m = std::make_shared<nn::sequential>();
+  m->add(std::make_shared<nn::quantized_conv2d>(1, 4, 3, 1, 1, 1, false, rng));
+  m->add(std::make_shared<nn::relu>());
+  m->add(std::make_shared<nn::quantized_residual_block>(4, 8, 2, rng));
+  m->add(std::make_shared<nn::global_avg_pool2d>());
+  m->add(std::make_shared<nn::flatten>());
+  m->add(std::make_shared<nn::quantized_linear>(8, 3, true, rng));
+  return m;
+}
+
+struct residual_fixture {
+  std::mt19937 rng{23};
+  std::shared_ptr<nn::sequential> model = residual_cnn(rng);
+  synthetic_data data{4, 16, 9};
+  model_desc traced = trace_costs(*model, {1, 1, 8, 8});
+  search_context ctx{*model,
+                     traced.layers,
+                     [this] { return data.batches.size(); },
+                     [this](std::size_t i) { return data.batches.at(i); },
+                     [this] { return data.batches.size(); },
+                     [this](std::size_t i) { return data.batches.at(i); },
+                     7,
+                     nullptr,
+                     traced.shared_input_groups};
+};
+
+}  // namespace
+
+TEST_CASE("tied layers: OMPQ and HAWQ give a residual block's conv1 and downsample equal bits") {
+  residual_fixture f;
+  REQUIRE(f.ctx.tied_layers.size() == 1);
+  REQUIRE(f.ctx.tied_layers[0].size() == 2);
+  const std::size_t t0 = f.ctx.tied_layers[0][0], t1 = f.ctx.tied_layers[0][1];
+  REQUIRE(t0 != t1);
+  const std::size_t n = f.ctx.costs.size();
+  // Different costs per bit (3x3 vs 1x1 conv): an untied solver treats them differently.
+  REQUIRE(f.ctx.costs[t0].params != f.ctx.costs[t1].params);
+
+  // Each policy over a sweep of budgets, with and without the tie.
+  auto sweep = [&](auto&& allocate, budget_kind kind, int lo_bits, int hi_bits, const char* what) {
+    const double lo = budget::like_uniform(kind, f.ctx.costs, lo_bits, 8).value;
+    const double hi = budget::like_uniform(kind, f.ctx.costs, hi_bits, 8).value;
+    int untied_differ = 0;
+    for (int k = 0; k <= 10; ++k) {
+      const budget b{kind, lo + (hi - lo) * k / 10.0};
+      INFO(what << " " << b.describe());
+      const auto groups = f.ctx.tied_layers;
+      const bit_config tied = allocate(b);
+      f.ctx.tied_layers.clear();
+      const bit_config untied = allocate(b);
+      f.ctx.tied_layers = groups;
+      CHECK(b.admits(f.ctx.costs, tied));
+      CHECK(b.admits(f.ctx.costs, untied));
+      CHECK(tied.w_bits[t0] == tied.w_bits[t1]);
+      CHECK(tied.a_bits[t0] == tied.a_bits[t1]);
+      untied_differ += untied.w_bits[t0] != untied.w_bits[t1];
+    }
+    INFO(what);
+    CHECK(untied_differ > 0);  // the sweep holds budgets where the tie changes the answer
+  };
+
+  for (budget_kind kind : {budget_kind::weight_bits, budget_kind::bitops}) {
+    for (bool exact : {false, true}) {
+      ompq_options o;
+      o.exact_ilp = exact;
+      o.space.candidates = {2, 3, 4, 5, 6, 7, 8};
+      sweep([&](const budget& b) { return ompq_policy(o).allocate(f.ctx, b); }, kind, 2, 8,
+            exact ? "ompq exact" : "ompq rounding");
+    }
+    hawq_options h;
+    h.hutchinson.probes = 2;
+    sweep([&](const budget& b) { return hawq_policy(h).allocate(f.ctx, b); }, kind, 4, 8, "hawq");
+  }
+
+  // HAWQ's tied allocation is the optimum over the tied configurations (brute force over 4/8
+  // per layer), with the sensitivities it reports.
+  hawq_options h;
+  h.hutchinson.probes = 2;
+  hawq_policy p(h);
+  const double c4 = budget::like_uniform(budget_kind::bitops, f.ctx.costs, 4, 4).value;
+  const double c8 = budget::like_uniform(budget_kind::bitops, f.ctx.costs, 8, 8).value;
+  for (double frac : {0.2, 0.5, 0.8}) {
+    const auto b = budget::bitops(c4 + frac * (c8 - c4));
+    const auto cfg = p.allocate(f.ctx, b);
+    const auto& r = p.report();
+    double best = 1e300, got = 0;
+    for (std::size_t mask = 0; mask < (std::size_t{1} << n); ++mask) {
+      if (((mask >> t0) & 1) != ((mask >> t1) & 1)) continue;
+      bit_config bc = bit_config::uniform(n, 4, 4);
+      double s = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        const bool high = (mask >> i) & 1;
+        bc.w_bits[i] = bc.a_bits[i] = high ? 8 : 4;
+        s += r.sensitivity[i][high];
+      }
+      if (b.admits(f.ctx.costs, bc)) best = std::min(best, s);
+    }
+    for (std::size_t i = 0; i < n; ++i) got += r.sensitivity[i][cfg.w_bits[i] == 8];
+    CHECK(got == doctest::Approx(best).epsilon(1e-12));
+  }
+}
+
+TEST_CASE("tied layers: pins spread over a tie group; bad groups raise typed errors") {
+  weight_search_space s;
+  s.pin_first = true;
+  s.edge_bits = 8;
+  const std::vector<std::vector<std::size_t>> tie01{{0, 1}}, tie12{{1, 2}}, bad{{1, 4}};
+  CHECK(s.pinned(4, "test", tie01) == std::vector<int>{8, 8, 0, 0});
+  CHECK(s.pinned(4, "test", tie12) == std::vector<int>{8, 0, 0, 0});
+  // overlapping groups join: {0,1} and {1,2} tie 0, 1 and 2
+  const std::vector<std::vector<std::size_t>> chain{{0, 1}, {1, 2}};
+  CHECK(s.pinned(4, "test", chain) == std::vector<int>{8, 8, 8, 0});
+  CHECK(tie_classes(4, chain, "test") == std::vector<std::vector<std::size_t>>{{0, 1, 2}, {3}});
+  CHECK_THROWS_AS(s.pinned(4, "test", bad), shape_error);
+  s.pin_last = true;
+  s.edge_bits = 8;
+  s.fixed_w_bits = {0, 4, 0, 0};
+  const std::vector<std::vector<std::size_t>> tie13{{1, 3}};
+  CHECK_THROWS_AS(s.pinned(4, "test", tie13), value_error);  // 4 and 8 bits in one group
+  // The cheapest config honours the spread pins.
+  weight_search_space t;
+  t.pin_first = true;
+  CHECK(t.cheapest(3, "test", tie01).w_bits == std::vector<int>{8, 8, 2});
 }

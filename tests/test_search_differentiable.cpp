@@ -9,7 +9,9 @@
 #include <cmath>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <string>
+#include <utility>
 
 #include "mixq/nn.hpp"
 #include "mixq/search/dnas_policy.hpp"
@@ -681,7 +683,9 @@ TEST_CASE("ebs derive: argmax when within budget, else repaired and then filled 
   std::mt19937 rng(31);
   for (int trial = 0; trial < 20; ++trial) {
     tiny_net net(9);
-    ebs_policy pol;
+    ebs_options o;
+    o.derive = ebs_derive::argmax;
+    ebs_policy pol(o);
     nn::attach_policy(net, pol);
     pol.set_layer_costs(costs);
     auto arch = pol.architecture_parameters();
@@ -730,6 +734,224 @@ TEST_CASE("ebs derive: argmax when within budget, else repaired and then filled 
         }
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// EBS: the budget fill (fill_exact / fill_greedy) against brute force over all configurations
+
+namespace {
+// Per layer every (w, a) of {1,2,3,4,8}^2 with log p = log softmax(s_w)[w] + log softmax(s_a)[a]
+// from random strengths in [-spread, spread].
+std::vector<std::vector<search::detail::layer_choice>> random_choices(std::size_t layers,
+                                                                      std::mt19937& rng,
+                                                                      double spread) {
+  const int bits[] = {1, 2, 3, 4, 8};
+  std::uniform_real_distribution<double> d(-spread, spread);
+  auto log_softmax = [&] {
+    std::vector<double> x(5);
+    double m = -1e300, z = 0;
+    for (auto& v : x) v = d(rng), m = std::max(m, v);
+    for (double v : x) z += std::exp(v - m);
+    for (auto& v : x) v = v - m - std::log(z);
+    return x;
+  };
+  std::vector<std::vector<search::detail::layer_choice>> out(layers);
+  for (auto& layer : out) {
+    const auto lw = log_softmax(), la = log_softmax();
+    for (std::size_t i = 0; i < 5; ++i)
+      for (std::size_t j = 0; j < 5; ++j) layer.push_back({bits[i], bits[j], lw[i] + la[j]});
+  }
+  return out;
+}
+
+// Calls f(chosen) for every configuration.
+template <class F>
+void for_all_configs(const std::vector<std::vector<search::detail::layer_choice>>& ch, F&& f) {
+  std::vector<std::size_t> k(ch.size(), 0);
+  for (;;) {
+    f(std::as_const(k));
+    std::size_t l = 0;
+    while (l < ch.size() && ++k[l] == ch[l].size()) k[l++] = 0;
+    if (l == ch.size()) return;
+  }
+}
+
+double logp_of(const std::vector<std::vector<search::detail::layer_choice>>& ch,
+               const std::vector<std::size_t>& k) {
+  double v = 0;
+  for (std::size_t l = 0; l < ch.size(); ++l) v += ch[l][k[l]].logp;
+  return v;
+}
+}  // namespace
+
+TEST_CASE("ebs fill_exact: the most probable config in [floor, budget], checked by brute force") {
+  const auto costs = tiny_costs();
+  std::mt19937 rng(2024);
+  for (budget_kind kind : {budget_kind::bitops, budget_kind::weight_bits}) {
+    for (int trial = 0; trial < 30; ++trial) {
+      const auto ch = random_choices(costs.size(), rng, trial % 2 ? 2.0 : 0.05);
+      const budget unit{kind, 1.0};
+      const double least = unit.cost_of(costs, bit_config::uniform(3, 1, 1));
+      const double most = unit.cost_of(costs, bit_config::uniform(3, 8, 8));
+      const double t = least + (most - least) * std::uniform_real_distribution<double>(0, 1)(rng);
+      const budget b = kind == budget_kind::bitops ? budget::bitops(t) : budget::weight_bits(t);
+      const double slack = trial % 3 == 0 ? 0.001 : 0.02;
+      // start: the argmax, repaired
+      std::vector<std::size_t> best;
+      for (const auto& layer : ch)
+        best.push_back(std::size_t(
+            std::max_element(layer.begin(), layer.end(),
+                             [](const auto& x, const auto& y) { return x.logp < y.logp; }) -
+            layer.begin()));
+      const auto start = search::detail::repair_to_budget(ch, best, costs, b, "test");
+      const double start_cost = search::detail::choices_cost(ch, start, costs, kind);
+      const auto fill = search::detail::fill_budget_exact(ch, start, costs, b, slack);
+      INFO("kind " << to_string(kind) << " trial " << trial << " budget " << b.describe()
+                   << " floor " << fill.lower);
+      CHECK(fill.proven_optimal);
+      const double cost = search::detail::choices_cost(ch, fill.chosen, costs, kind);
+      CHECK(cost <= b.value * (1 + 1e-9));
+      CHECK(cost >= start_cost * (1 - 1e-12));
+      CHECK(cost >= fill.lower * (1 - 1e-9));
+      // brute force: the best log-probability within the window, and (if the floor was lowered
+      // below (1 - slack) T) that the window of half the slack held no configuration at all
+      const double s_used = 1 - fill.lower / b.value;
+      const double tight = std::max(start_cost, (1 - s_used / 2) * b.value);
+      const bool widened =
+          fill.lower < (1 - slack) * b.value * (1 - 1e-12) && fill.lower > start_cost * (1 + 1e-12);
+      double best_lp = -1e300;
+      bool tight_feasible = false;
+      for_all_configs(ch, [&](const std::vector<std::size_t>& k) {
+        const double c = search::detail::choices_cost(ch, k, costs, kind);
+        if (c > b.value * (1 + 1e-9)) return;
+        if (c >= fill.lower * (1 - 1e-9)) best_lp = std::max(best_lp, logp_of(ch, k));
+        if (c >= tight * (1 - 1e-9)) tight_feasible = true;
+      });
+      CHECK(logp_of(ch, fill.chosen) == doctest::Approx(best_lp).epsilon(1e-12));
+      if (widened) CHECK_FALSE(tight_feasible);
+      if (fill.lower > start_cost * (1 + 1e-12))
+        CHECK(fill.lower <= (1 - slack) * b.value * (1 + 1e-12));
+      // the greedy fill: within budget, never below the start, and either at the floor or
+      // with no single upgrade left that fits
+      const auto g = search::detail::fill_budget_greedy(ch, start, costs, b, slack);
+      const double gc = search::detail::choices_cost(ch, g, costs, kind);
+      CHECK(gc <= b.value * (1 + 1e-9));
+      CHECK(gc >= start_cost * (1 - 1e-12));
+      if (gc < (1 - slack) * b.value)
+        for (std::size_t l = 0; l < ch.size(); ++l)
+          for (std::size_t k = 0; k < ch[l].size(); ++k) {
+            const double added =
+                search::detail::unit_cost(costs[l], kind, ch[l][k].w, ch[l][k].a) -
+                search::detail::unit_cost(costs[l], kind, ch[l][g[l]].w, ch[l][g[l]].a);
+            if (added > 0) CHECK(gc + added > b.value * (1 + 1e-9));
+          }
+    }
+  }
+}
+
+TEST_CASE("ebs derive fills the budget: within it, no less than argmax, the exact optimum") {
+  const auto costs = tiny_costs();
+  std::mt19937 rng(77);
+  for (int trial = 0; trial < 12; ++trial) {
+    std::vector<bit_config> cfg;
+    std::vector<std::unique_ptr<tiny_net>> nets;
+    std::vector<std::unique_ptr<ebs_policy>> pols;
+    const float spread = trial % 2 ? 2.0f : 0.05f;  // peaked or near-uniform strengths
+    for (ebs_derive mode : {ebs_derive::argmax, ebs_derive::fill_greedy, ebs_derive::fill_exact}) {
+      ebs_options o;
+      o.derive = mode;
+      nets.push_back(std::make_unique<tiny_net>(9));
+      pols.push_back(std::make_unique<ebs_policy>(o));
+      nn::attach_policy(*nets.back(), *pols.back());
+      pols.back()->set_layer_costs(costs);
+      randomize(pols.back()->architecture_parameters(), 500 + std::uint32_t(trial), -spread,
+                spread);
+    }
+    const double least = budget::bitops(1).cost_of(costs, bit_config::uniform(3, 1, 1));
+    const double w4 = budget::bitops(1).cost_of(costs, bit_config::uniform(3, 4, 4));
+    const budget b =
+        budget::bitops(least + (w4 - least) * std::uniform_real_distribution<double>(0, 1)(rng));
+    for (std::size_t m = 0; m < 3; ++m) {
+      search_context ctx = make_context(*nets[m]);
+      std::ostringstream log;
+      ctx.log = &log;
+      cfg.push_back(pols[m]->derive(ctx, b));
+      REQUIRE(b.admits(costs, cfg.back()));
+      // the fills report the argmax and the filled config with their share of the budget
+      CHECK((log.str().find("filled (" + std::string(m == 1 ? "greedy" : "exact")) !=
+             std::string::npos) == (m > 0));
+      if (m > 0) CHECK(log.str().find(cfg.back().to_string()) != std::string::npos);
+    }
+    INFO("trial " << trial << " " << b.describe() << " argmax " << cfg[0].to_string() << " greedy "
+                  << cfg[1].to_string() << " exact " << cfg[2].to_string());
+    const double c_argmax = b.cost_of(costs, cfg[0]);
+    CHECK(b.cost_of(costs, cfg[1]) >= c_argmax);
+    CHECK(b.cost_of(costs, cfg[2]) >= c_argmax);
+    // exact: no configuration in [max(argmax cost, 0.98 T), T] is more probable (brute force
+    // over all 25^3 configs with the policy's own strengths)
+    const auto arch = pols[2]->architecture_parameters();
+    const int bits[] = {1, 2, 3, 4, 8};
+    std::vector<std::vector<double>> lw, la;
+    for (std::size_t l = 0; l < costs.size(); ++l) {
+      lw.push_back({}), la.push_back({});
+      const auto pw = softmax_rows({arch[2 * l]}), pa = softmax_rows({arch[2 * l + 1]});
+      for (double p : pw[0]) lw.back().push_back(std::log(p));
+      for (double p : pa[0]) la.back().push_back(std::log(p));
+    }
+    auto lp_of = [&](const bit_config& c) {
+      double v = 0;
+      for (std::size_t l = 0; l < costs.size(); ++l)
+        v += lw[l][std::size_t(std::find(bits, bits + 5, c.w_bits[l]) - bits)] +
+             la[l][std::size_t(std::find(bits, bits + 5, c.a_bits[l]) - bits)];
+      return v;
+    };
+    const double floor = std::max(c_argmax, 0.98 * b.value);
+    const double c_exact = b.cost_of(costs, cfg[2]);
+    if (c_exact >= floor * (1 - 1e-9)) {
+      double best = -1e300;
+      for (int i = 0; i < 15625; ++i) {
+        bit_config c;
+        for (int l = 0, r = i; l < 3; ++l, r /= 25) {
+          c.w_bits.push_back(bits[(r % 25) / 5]);
+          c.a_bits.push_back(bits[r % 5]);
+        }
+        const double cc = b.cost_of(costs, c);
+        if (cc <= b.value * (1 + 1e-9) && cc >= floor * (1 - 1e-9)) best = std::max(best, lp_of(c));
+      }
+      CHECK(lp_of(cfg[2]) == doctest::Approx(best).epsilon(1e-6));
+    }
+  }
+}
+
+TEST_CASE("ebs derive at a budget of exactly the all-minimum cost, every mode and kind") {
+  const auto costs = tiny_costs();
+  for (budget_kind kind : {budget_kind::bitops, budget_kind::weight_bits})
+    for (ebs_derive mode : {ebs_derive::argmax, ebs_derive::fill_greedy, ebs_derive::fill_exact}) {
+      tiny_net net(9);
+      ebs_options o;
+      o.derive = mode;
+      ebs_policy pol(o);
+      nn::attach_policy(net, pol);
+      pol.set_layer_costs(costs);
+      randomize(pol.architecture_parameters(), 11, -2.0f, 2.0f);
+      const budget b = budget::like_uniform(kind, costs, 1, 1);
+      search_context ctx = make_context(net);
+      const bit_config c = pol.derive(ctx, b);
+      CHECK(b.admits(costs, c));
+      CHECK(c.w_bits == std::vector<int>(3, 1));
+      if (kind == budget_kind::bitops) CHECK(c.a_bits == std::vector<int>(3, 1));
+    }
+}
+
+TEST_CASE("ebs fill options: bad values raise value_error") {
+  for (double slack : {0.0, -0.1, 1.5, std::nan("")}) {
+    ebs_options o;
+    o.fill_slack = slack;
+    CHECK_THROWS_AS(ebs_policy{o}, value_error);
+  }
+  ebs_options o;
+  o.fill_max_nodes = 0;
+  CHECK_THROWS_AS(ebs_policy{o}, value_error);
 }
 
 TEST_CASE("fracbits starts its lambdas at the budget's uniform bit-width + 0.5") {

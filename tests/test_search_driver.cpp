@@ -7,10 +7,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
 
 #include "mixq/nn/fixed_policy.hpp"
+#include "mixq/nn/quantized_residual.hpp"
 #include "mixq/search/driver.hpp"
 #include "mixq/search/trace.hpp"
 #include "mixq/search/uniform_policy.hpp"
@@ -390,6 +392,48 @@ TEST_CASE("run: re-allocation at epoch ends switches the finetune config") {
   CHECK_THROWS_AS(search::run(*net2, f.data(), bad_bits, b, o), mixq::bits_error);
   reallocating_policy bad_len{bit_config{{2}, {2}}, {}, {}};
   CHECK_THROWS_AS(search::run(*net2, f.data(), bad_len, b, o), mixq::shape_error);
+}
+
+/// Records the context's tied layers and allocates a fixed config.
+struct tie_recording_policy {
+  bit_config config;
+  std::vector<std::vector<std::size_t>> seen;
+  bit_config allocate(search::search_context& c, const budget&) {
+    seen = c.tied_layers;
+    return config;
+  }
+  std::optional<bit_config> on_epoch_end(search::search_context&, const budget&, std::size_t) {
+    return std::nullopt;
+  }
+};
+
+TEST_CASE("run: the context carries the traced model's tied layers (residual downsampling)") {
+  fixture f;
+  std::mt19937 rng(4);
+  auto net = std::make_shared<nn::sequential>();
+  net->add(std::make_shared<nn::quantized_conv2d>(1, 4, 3, 1, 1, 1, false, rng));
+  net->add(std::make_shared<nn::relu>());
+  net->add(std::make_shared<nn::quantized_residual_block>(4, 8, 2, rng));
+  net->add(std::make_shared<nn::global_avg_pool2d>());
+  net->add(std::make_shared<nn::flatten>());
+  net->add(std::make_shared<nn::quantized_linear>(8, 3, true, rng));
+  const auto traced = search::trace_costs(*net, {1, 1, 8, 8});
+  REQUIRE(traced.shared_input_groups.size() == 1);
+  auto o = quick_options();
+  o.warmup_epochs = 0;
+  o.finetune_epochs = 0;
+  tie_recording_policy p{bit_config::uniform(traced.size(), 4, 4), {}};
+  const auto b = budget::like_uniform(budget_kind::bitops, traced.layers, 4, 4);
+  (void)search::run(*net, f.data(), p, b, o);
+  CHECK(p.seen == traced.shared_input_groups);
+  // A model without residual blocks has none.
+  auto plain = tiny_net(3);
+  tie_recording_policy q{bit_config::uniform(2, 4, 4), {{9}}};
+  (void)search::run(*plain, f.data(), q,
+                    budget::like_uniform(budget_kind::bitops,
+                                         search::trace_costs(*plain, {1, 1, 8, 8}).layers, 4, 4),
+                    o);
+  CHECK(q.seen.empty());
 }
 
 TEST_CASE("run: bad data and options raise typed errors") {

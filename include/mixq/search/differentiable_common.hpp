@@ -1,6 +1,7 @@
 // Shared pieces of the differentiable search policies (dnas_policy, ebs_policy,
 // fracbits_policy): candidate-set checks, layer costs read from the attached layers, relaxed
-// cost terms as vars, and the greedy repair that brings a derived configuration under budget.
+// cost terms as vars, the greedy repair that brings a derived configuration under budget, and
+// the budget fill (greedy or exact) that spends what a cheap derived configuration left over.
 #pragma once
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include "mixq/quant/bit_config.hpp"
 #include "mixq/quant/dorefa.hpp"
 #include "mixq/quant/pact.hpp"
+#include "mixq/search/allocation_solver.hpp"
 #include "mixq/search/cost.hpp"
 #include "mixq/search/policy.hpp"
 #include "mixq/search/relaxed_cost.hpp"
@@ -205,6 +207,83 @@ inline double choices_cost(const std::vector<std::vector<layer_choice>>& choices
   for (std::size_t l = 0; l < choices.size(); ++l)
     t += unit_cost(costs[l], k, choices[l][chosen[l]].w, choices[l][chosen[l]].a);
   return t;
+}
+
+/// Greedy budget fill (this library's addition, not from a paper). From `chosen` (within
+/// `b`), while the cost is below (1 - slack) * b.value, take the costlier move of one layer
+/// that still fits and loses the least log-probability per unit of cost added (ties: the
+/// larger step). Stops when no costlier move fits. The cost never decreases.
+inline std::vector<std::size_t> fill_budget_greedy(
+    const std::vector<std::vector<layer_choice>>& choices, std::vector<std::size_t> chosen,
+    std::span<const layer_cost> costs, const budget& b, double slack) {
+  auto cost = [&](std::size_t l, std::size_t k) {
+    return unit_cost(costs[l], b.kind, choices[l][k].w, choices[l][k].a);
+  };
+  const double limit = b.value * (1 + 1e-9), target = (1 - slack) * b.value;
+  double total = choices_cost(choices, chosen, costs, b.kind);
+  while (total < target) {
+    double best_score = std::numeric_limits<double>::infinity(), best_added = 0;
+    std::size_t best_l = 0, best_k = 0;
+    for (std::size_t l = 0; l < choices.size(); ++l) {
+      const double now = cost(l, chosen[l]);
+      for (std::size_t k = 0; k < choices[l].size(); ++k) {
+        const double added = cost(l, k) - now;
+        if (added <= 0 || total + added > limit) continue;
+        const double score = (choices[l][chosen[l]].logp - choices[l][k].logp) / added;
+        if (score < best_score || (score == best_score && added > best_added))
+          best_score = score, best_added = added, best_l = l, best_k = k;
+      }
+    }
+    if (best_added <= 0) break;
+    total += best_added;
+    chosen[best_l] = best_k;
+  }
+  return chosen;
+}
+
+/// An exactly filled configuration and the window it is optimal for.
+struct budget_fill {
+  std::vector<std::size_t> chosen;
+  double lower = 0;             // the cost floor of the window [lower, b.value] solved for
+  bool proven_optimal = false;  // false: node limit hit (best found) or `start` kept
+};
+
+/// Exact budget fill (this library's addition, not from a paper): the configuration that
+/// maximises sum_l logp_l(c_l) subject to lower <= cost <= b.value, with
+/// lower = max(cost(start), (1 - s) * b.value), solved by solve_allocation() as a
+/// multiple-choice knapsack with two budgets (cost <= T and -cost <= -lower). `start` must be
+/// within b (e.g. argmax after repair_to_budget), so the result never costs less than it. If
+/// no configuration falls in the window, s doubles until one does; once the floor reaches
+/// cost(start) the window holds `start` itself, so this ends. A search that hits `max_nodes`
+/// keeps its best find (proven_optimal = false), or `start` if it found none.
+inline budget_fill fill_budget_exact(const std::vector<std::vector<layer_choice>>& choices,
+                                     const std::vector<std::size_t>& start,
+                                     std::span<const layer_cost> costs, const budget& b,
+                                     double slack, std::uint64_t max_nodes = 1'000'000) {
+  const double start_cost = choices_cost(choices, start, costs, b.kind);
+  allocation_problem p;
+  for (std::size_t l = 0; l < choices.size(); ++l) {
+    std::vector<allocation_option> opts;
+    for (const auto& ch : choices[l]) {
+      const double c = unit_cost(costs[l], b.kind, ch.w, ch.a);
+      opts.push_back({ch.logp, {c, -c}});
+    }
+    p.layers.push_back(std::move(opts));
+  }
+  allocation_solver_options so;
+  so.max_nodes = max_nodes;
+  double s = std::clamp(slack, 1e-6, 1.0);
+  for (;;) {
+    const double lower = std::max(start_cost, (1 - s) * b.value);
+    p.budgets = {b.value * (1 + 1e-9), -lower * (1 - 1e-9)};
+    try {
+      const auto sol = solve_allocation(p, so);
+      return {sol.choice, lower, sol.proven_optimal};
+    } catch (const budget_error&) {
+      if (lower <= start_cost) return {start, lower, false};  // node limit before any find
+    }
+    s = std::min(1.0, 2 * s);
+  }
 }
 
 }  // namespace mixq::search::detail

@@ -332,7 +332,8 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
   const shape_t sample(data.train.images.shape().begin() + 1, data.train.images.shape().end());
   shape_t one{1};
   one.insert(one.end(), sample.begin(), sample.end());
-  const std::vector<layer_cost> costs = trace_costs(model, one).layers;
+  const model_desc traced = trace_costs(model, one);
+  const std::vector<layer_cost>& costs = traced.layers;
   b.check_feasible(costs, o.min_w_bits, o.min_a_bits);
 
   // Train / validation split of the (possibly limited) training set; test subset.
@@ -366,7 +367,8 @@ run(nn::module& model, const search_data& data, P& policy, const budget& b,
                      [&] { return val.size(); },
                      [&](std::size_t i) { return val[i]; },
                      o.seed,
-                     o.out};
+                     o.out,
+                     traced.shared_input_groups};
 
   search_result r;
   r.policy = o.policy_name;

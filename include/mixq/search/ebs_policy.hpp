@@ -17,6 +17,25 @@
 //  - final choice: argmax of the strengths per layer for weights and activations separately;
 //    when that exceeds the budget it is repaired greedily (least log-probability lost per
 //    cost saved), an addition so the driver always receives a config within budget.
+//
+// Budget fill (this library's addition, not the paper's; ebs_options::derive, on by default).
+// After a short search the strengths are still close to uniform, so the expected cost (a mean
+// over candidates, ~3.6 bits for {1,2,3,4,8}) sits far above a low budget such as W2A2 and
+// the penalty pushes every layer's argmax to the cheapest candidates: on Fashion-MNIST (demo
+// CNN, one search epoch, W2A2 BitOps) argmax used 29.5% of the budget (finetuned 61.2%, uniform
+// 73.0%); filled, 98.3% (71.4%). The repair above only moves down, so that leftover was never
+// spent. ebs_derive::fill_exact (default) returns the
+// exact optimum of
+//     max sum_l log p_l(w_l, a_l)   subject to   lower <= cost <= T,
+//     lower = max(cost of argmax+repair, (1 - fill_slack) T)
+// (log p_l(w, a) = log r_w + log r_a) from solve_allocation() as a two-budget multiple-choice
+// knapsack (detail::fill_budget_exact; fill_slack doubles while the window holds no config).
+// It is the most probable configuration that spends the budget, it is exact (brute-force
+// checked in the tests) and, with 25 (w, a) options per layer and random strengths, took
+// under 1 ms on ResNet-18's 21 layers and up to 0.1 s on MobileNetV2's 53 (W2..W4 budgets);
+// fill_max_nodes caps the branch and bound (the best find is kept). ebs_derive::fill_greedy is the
+// cheap heuristic (the upgrade losing the least log-probability per unit of cost added, while it
+// fits, until the floor is met); ebs_derive::argmax is the paper's plain rule.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +47,13 @@ namespace mixq::search {
 
 enum class ebs_penalty { absolute, linear };
 
+/// How derive() turns strengths into a config (see the header comment).
+enum class ebs_derive {
+  argmax,       // the paper's: argmax per layer (repaired greedily only when over budget)
+  fill_greedy,  // argmax + repair, then greedy upgrades until the cost floor is met
+  fill_exact,   // the most probable config with cost in [floor, T] (exact; the default)
+};
+
 struct ebs_options {
   std::vector<int> w_bits{1, 2, 3, 4, 8};
   std::vector<int> a_bits{1, 2, 3, 4, 8};
@@ -37,6 +63,9 @@ struct ebs_options {
   float kappa = 1.0f;                           // absolute: kappa * |C - T| / T
   float lambda = 0.1f;                          // linear: lambda * C / T
   budget_kind cost_kind = budget_kind::bitops;  // unit of expected_cost() before a budget is seen
+  ebs_derive derive = ebs_derive::fill_exact;
+  double fill_slack = 0.02;  // cost floor of the fill: (1 - fill_slack) * budget, in (0, 1]
+  std::uint64_t fill_max_nodes = 1'000'000;  // branch-and-bound cap of fill_exact
 };
 
 class ebs_policy : public nn::precision_policy {
@@ -51,6 +80,10 @@ class ebs_policy : public nn::precision_policy {
       throw value_error(detail::cat("ebs_policy: kappa ", o_.kappa, ", lambda ", o_.lambda,
                                     ", strength_init ", o_.strength_init,
                                     "; expected kappa, lambda >= 0 and a finite init"));
+    if (!(o_.fill_slack > 0 && o_.fill_slack <= 1) || o_.fill_max_nodes == 0)
+      throw value_error(detail::cat("ebs_policy: fill_slack ", o_.fill_slack, ", fill_max_nodes ",
+                                    o_.fill_max_nodes,
+                                    "; expected 0 < fill_slack <= 1 and fill_max_nodes >= 1"));
     detail::check_pact_settings(o_.activations, "ebs_policy");
     kind_ = o_.cost_kind;
   }
@@ -144,7 +177,8 @@ class ebs_policy : public nn::precision_policy {
     if (!c.costs.empty()) costs_.set(c.costs, "ebs_policy");
   }
 
-  /// Argmax per layer of the weight and activation strengths, repaired to the budget if needed.
+  /// Argmax per layer of the weight and activation strengths, repaired to the budget if needed,
+  /// then (options().derive) filled up to the budget.
   bit_config derive(const search_context& c, const budget& b) {
     kind_ = b.kind;
     if (!c.costs.empty()) costs_.set(c.costs, "ebs_policy");
@@ -164,8 +198,29 @@ class ebs_policy : public nn::precision_policy {
                      detail::argmax(s.s_a.value().span()));
       choices.push_back(std::move(ch));
     }
-    return detail::config_of(choices,
-                             detail::repair_to_budget(choices, best, costs, b, "ebs_policy"));
+    auto chosen = detail::repair_to_budget(choices, best, costs, b, "ebs_policy");
+    if (o_.derive == ebs_derive::argmax) return detail::config_of(choices, chosen);
+    const auto start = chosen;
+    bool proven = true;
+    if (o_.derive == ebs_derive::fill_greedy) {
+      chosen = detail::fill_budget_greedy(choices, std::move(chosen), costs, b, o_.fill_slack);
+    } else {
+      auto f =
+          detail::fill_budget_exact(choices, start, costs, b, o_.fill_slack, o_.fill_max_nodes);
+      chosen = std::move(f.chosen);
+      proven = f.proven_optimal;
+    }
+    if (c.log) {
+      auto describe = [&](const std::vector<std::size_t>& k) {
+        return detail::cat(detail::config_of(choices, k).to_string(), " (",
+                           100 * detail::choices_cost(choices, k, costs, b.kind) / b.value,
+                           "% of the budget, log p ", log_prob(choices, k), ")");
+      };
+      *c.log << "ebs: argmax" << (start == best ? "" : " repaired") << " " << describe(start)
+             << "\n     filled (" << (o_.derive == ebs_derive::fill_greedy ? "greedy" : "exact")
+             << (proven ? "" : ", node limit hit") << ") " << describe(chosen) << "\n";
+    }
+    return detail::config_of(choices, chosen);
   }
 
  private:
@@ -178,6 +233,12 @@ class ebs_policy : public nn::precision_policy {
       throw shape_error(detail::cat("ebs_policy: layer ", l, " of ", state_.size(),
                                     "; attach the policy to the model first"));
     return state_[l];
+  }
+  static double log_prob(const std::vector<std::vector<detail::layer_choice>>& choices,
+                         const std::vector<std::size_t>& k) {
+    double v = 0;
+    for (std::size_t l = 0; l < choices.size(); ++l) v += choices[l][k[l]].logp;
+    return v;
   }
   void check_attached() const {
     if (state_.empty())

@@ -122,8 +122,8 @@ class hawq_policy {
 
   bit_config allocate(search_context& c, const budget& b) {
     static constexpr const char* who = "hawq_policy";
-    const auto pin = opt_.space.pinned(c.costs.size(), who);
-    opt_.space.check_feasible(c.costs, b, who);
+    const auto pin = opt_.space.pinned(c.costs.size(), who, c.tied_layers);
+    opt_.space.check_feasible(c.costs, b, who, c.tied_layers);
     auto layers = nn::quantized_layers(c.model);
     if (layers.size() != c.costs.size())
       throw shape_error(mixq::detail::cat(who, ": the model has ", layers.size(),
@@ -162,7 +162,7 @@ class hawq_policy {
       const auto it = std::find(cand.begin(), cand.end(), bits);
       return -r.sensitivity[i][std::size_t(it - cand.begin())];
     };
-    r.config = solve_weight_allocation(c.costs, opt_.space, b, value_of, who);
+    r.config = solve_weight_allocation(c.costs, opt_.space, b, value_of, who, c.tied_layers);
     r.cost = b.cost_of(c.costs, r.config);
     if (c.log) *c.log << "hawq: allocation " << r.config.to_string() << "\n";
     (void)pin;

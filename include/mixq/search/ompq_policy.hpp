@@ -139,8 +139,9 @@ class ompq_policy {
   bit_config allocate(search_context& c, const budget& b) {
     using clock = std::chrono::steady_clock;
     static constexpr const char* who = "ompq_policy";
-    const auto pin = opt_.space.pinned(c.costs.size(), who);
-    opt_.space.check_feasible(c.costs, b, who);
+    const auto& tied = c.tied_layers;  // e.g. a residual block's conv1 and downsampling conv
+    const auto pin = opt_.space.pinned(c.costs.size(), who, tied);
+    opt_.space.check_feasible(c.costs, b, who, tied);
     const auto& cand = opt_.space.candidates;
     if (!opt_.exact_ilp)
       for (std::size_t i = 1; i < cand.size(); ++i)
@@ -179,7 +180,7 @@ class ompq_policy {
     std::vector<double> coef(c.costs.size(), 0.0);
     for (std::size_t k = 0; k < r.searched.size(); ++k) coef[r.searched[k]] = r.coefficient[k];
     auto value_of = [&](std::size_t i, int w) { return coef[i] * double(w) / 8.0; };
-    const auto problem = make_weight_problem(c.costs, opt_.space, b, value_of, who);
+    const auto problem = make_weight_problem(c.costs, opt_.space, b, value_of, who, tied);
     const auto lp = solve_allocation_lp(problem);
     std::vector<std::vector<double>> bits_attr;
     for (std::size_t i = 0; i < c.costs.size(); ++i) {
@@ -194,21 +195,29 @@ class ompq_policy {
     r.lp_cost = lp.cost;
     for (std::size_t i : r.searched) r.real_bits.push_back(real[i]);
     if (opt_.exact_ilp) {
-      r.config = weight_config(c.costs, opt_.space, solve_allocation(problem).choice, who);
+      r.config = weight_config(c.costs, opt_.space, solve_allocation(problem).choice, who, tied);
     } else {
-      // Rounding over the searched layers; pinned ones keep their bits. unit cost = cost of one
-      // weight bit of the layer (both budget kinds are linear in w).
-      std::vector<double> unit;
-      for (std::size_t i : r.searched)
-        unit.push_back(b.kind == budget_kind::bitops
-                           ? layer_bitops(c.costs[i], 1, opt_.space.a_bits)
-                           : layer_size_bits(c.costs[i], 1));
-      r.config = opt_.space.cheapest(c.costs.size(), who);
-      if (!r.searched.empty()) {
-        const auto rounded = ompq_budget_matching_rounding(r.real_bits, unit);
+      // Rounding over the searched layers; pinned ones keep their bits. One rounding unit per
+      // tie class (the LP gives tied layers equal real bits): unit cost = cost of one weight
+      // bit of all its layers (both budget kinds are linear in w).
+      std::vector<std::vector<std::size_t>> units;
+      for (auto& cls : tie_classes(c.costs.size(), tied, who))
+        if (!pin[cls.front()]) units.push_back(std::move(cls));
+      std::vector<double> unit, unit_bits;
+      for (const auto& u : units) {
+        double cost = 0;
+        for (std::size_t i : u)
+          cost += b.kind == budget_kind::bitops ? layer_bitops(c.costs[i], 1, opt_.space.a_bits)
+                                                : layer_size_bits(c.costs[i], 1);
+        unit.push_back(cost);
+        unit_bits.push_back(real[u.front()]);
+      }
+      r.config = opt_.space.cheapest(c.costs.size(), who, tied);
+      if (!units.empty()) {
+        const auto rounded = ompq_budget_matching_rounding(unit_bits, unit);
         r.rounding_exhaustive = rounded.exhaustive;
-        for (std::size_t k = 0; k < r.searched.size(); ++k)
-          r.config.w_bits[r.searched[k]] = rounded.bits[k];
+        for (std::size_t k = 0; k < units.size(); ++k)
+          for (std::size_t i : units[k]) r.config.w_bits[i] = rounded.bits[k];
       }
     }
     r.rounded_cost = b.cost_of(c.costs, r.config);

@@ -145,6 +145,11 @@ struct search_context {
   std::function<batch(std::size_t)> val_batch;
   std::uint64_t seed = 0;
   std::ostream* log = nullptr;  // where a policy may print progress (nullptr: silent)
+  /// Groups of layer indices that must share their weight bits (and so, with a_follows_w,
+  /// their activation bits): the traced model's shared_input_groups, e.g. a residual block's
+  /// conv1 and downsampling conv, which read the same tensor. The allocation policies pass
+  /// them to the solver; empty = no tie. Last, so that positional initialisation still works.
+  std::vector<std::vector<std::size_t>> tied_layers{};
 };
 
 /// Differentiable search (DNAS, EBS, FracBits). The policy is a precision_policy that the

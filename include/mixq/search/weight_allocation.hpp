@@ -1,12 +1,15 @@
 // Shared by the allocation policies (OMPQ, BMPQ, HAWQ): per-layer weight-bit candidates at
-// fixed activation bits, layers pinned to fixed bits, the multiple-choice knapsack of one
-// budget built from per-layer values, its feasibility check and the resulting bit_config.
+// fixed activation bits, layers pinned to fixed bits, layers tied to equal bits
+// (search_context::tied_layers), the multiple-choice knapsack of one budget built from
+// per-layer values, its feasibility check and the resulting bit_config.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
+#include <numeric>
 #include <span>
 #include <vector>
 
@@ -16,6 +19,34 @@
 #include "mixq/search/policy.hpp"
 
 namespace mixq::search {
+
+/// The classes of layers that `tied` (groups of layer indices, possibly overlapping) makes
+/// share their bits: every layer in exactly one class, classes in the order of their first
+/// (smallest) layer, members ascending. shape_error for an index >= `layers`.
+inline std::vector<std::vector<std::size_t>> tie_classes(
+    std::size_t layers, std::span<const std::vector<std::size_t>> tied, const char* who) {
+  std::vector<std::size_t> parent(layers);
+  std::iota(parent.begin(), parent.end(), std::size_t{0});
+  auto find = [&](std::size_t x) {
+    while (parent[x] != x) x = parent[x] = parent[parent[x]];
+    return x;
+  };
+  for (const auto& g : tied)
+    for (std::size_t i : g) {
+      if (i >= layers)
+        throw shape_error(mixq::detail::cat(who, ": tied layer ", i,
+                                            " does not exist; the model has ", layers, " layers"));
+      parent[find(i)] = find(g.front());
+    }
+  std::vector<std::vector<std::size_t>> out;
+  std::vector<std::size_t> class_of(layers, SIZE_MAX);
+  for (std::size_t i = 0; i < layers; ++i) {
+    const std::size_t r = find(i);
+    if (class_of[r] == SIZE_MAX) class_of[r] = out.size(), out.emplace_back();
+    out[class_of[r]].push_back(i);
+  }
+  return out;
+}
 
 /// What an allocation policy may choose: weight bits from `candidates` (ascending, 1..8) for
 /// every layer except those pinned by `fixed_w_bits` (per layer, 0 = searched; may be empty),
@@ -40,8 +71,11 @@ struct weight_search_space {
   }
 
   /// Per layer: the pinned bit-width, or 0 if searched. bits_error / shape_error when the
-  /// space does not make sense for `layers` layers.
-  std::vector<int> pinned(std::size_t layers, const char* who) const {
+  /// space does not make sense for `layers` layers. A pin extends to every layer tied to the
+  /// pinned one (`tied`: groups of layer indices that share their bits); shape_error for a tied
+  /// index out of range, value_error when one group holds two different pins.
+  std::vector<int> pinned(std::size_t layers, const char* who,
+                          std::span<const std::vector<std::size_t>> tied = {}) const {
     if (layers == 0) throw shape_error(mixq::detail::cat(who, ": the model has no layer costs"));
     if (candidates.empty())
       throw shape_error(mixq::detail::cat(who, ": no weight-bit candidates; expected >= 1"));
@@ -64,12 +98,27 @@ struct weight_search_space {
     }
     if (pin_first && out.front() == 0) out.front() = edge_bits;
     if (pin_last && out.back() == 0) out.back() = edge_bits;
+    if (tied.empty()) return out;
+    for (const auto& cls : tie_classes(layers, tied, who)) {
+      int pin = 0;
+      std::size_t by = 0;
+      for (std::size_t i : cls) {
+        if (!out[i]) continue;
+        if (pin && pin != out[i])
+          throw value_error(mixq::detail::cat(who, ": tied layers ", by, " and ", i,
+                                              " are pinned to ", pin, " and ", out[i],
+                                              " bits; expected equal pins within a tie group"));
+        pin = out[i], by = i;
+      }
+      for (std::size_t i : cls) out[i] = pin;
+    }
     return out;
   }
 
   /// The cheapest config of the space (smallest candidate on every searched layer).
-  bit_config cheapest(std::size_t layers, const char* who) const {
-    const auto pin = pinned(layers, who);
+  bit_config cheapest(std::size_t layers, const char* who,
+                      std::span<const std::vector<std::size_t>> tied = {}) const {
+    const auto pin = pinned(layers, who, tied);
     bit_config c = bit_config::uniform(layers, candidates.front(), a_bits);
     for (std::size_t i = 0; i < layers; ++i) {
       if (pin[i]) c.w_bits[i] = pin[i];
@@ -80,8 +129,9 @@ struct weight_search_space {
 
   /// budget_error naming the smallest feasible value when even the cheapest config of the
   /// space exceeds `b`.
-  void check_feasible(std::span<const layer_cost> costs, const budget& b, const char* who) const {
-    const double least = b.cost_of(costs, cheapest(costs.size(), who));
+  void check_feasible(std::span<const layer_cost> costs, const budget& b, const char* who,
+                      std::span<const std::vector<std::size_t>> tied = {}) const {
+    const double least = b.cost_of(costs, cheapest(costs.size(), who, tied));
     if (least > b.value * (1 + 1e-9))
       throw budget_error(mixq::detail::cat(
           who, ": budget of ", detail::figure(b.value), " ", to_string(b.kind),
@@ -92,12 +142,15 @@ struct weight_search_space {
 };
 
 /// The knapsack of one budget: layer i chooses among the candidates (or its pinned bits alone)
-/// with value `value_of(i, w_bits)` (maximised) and cost in the budget's unit.
+/// with value `value_of(i, w_bits)` (maximised) and cost in the budget's unit. Layers in one
+/// `tied` group take the same bits (a pin on one of them pins them all).
 inline allocation_problem make_weight_problem(
     std::span<const layer_cost> costs, const weight_search_space& space, const budget& b,
-    const std::function<double(std::size_t, int)>& value_of, const char* who) {
-  const auto pin = space.pinned(costs.size(), who);
+    const std::function<double(std::size_t, int)>& value_of, const char* who,
+    std::span<const std::vector<std::size_t>> tied = {}) {
+  const auto pin = space.pinned(costs.size(), who, tied);
   allocation_problem p;
+  p.tied_layers.assign(tied.begin(), tied.end());
   p.budgets = {b.value * (1 + 1e-9)};  // the tolerance admits() grants
   for (std::size_t i = 0; i < costs.size(); ++i) {
     std::vector<allocation_option> layer;
@@ -116,10 +169,11 @@ inline allocation_problem make_weight_problem(
   return p;
 }
 
-/// The config of a solved make_weight_problem.
+/// The config of a solved make_weight_problem (the same `tied` groups).
 inline bit_config weight_config(std::span<const layer_cost> costs, const weight_search_space& space,
-                                std::span<const std::size_t> choice, const char* who) {
-  const auto pin = space.pinned(costs.size(), who);
+                                std::span<const std::size_t> choice, const char* who,
+                                std::span<const std::vector<std::size_t>> tied = {}) {
+  const auto pin = space.pinned(costs.size(), who, tied);
   bit_config c = bit_config::uniform(costs.size(), 1, space.a_bits);
   for (std::size_t i = 0; i < costs.size(); ++i) {
     c.w_bits[i] = pin[i] ? pin[i] : space.candidates.at(choice[i]);
@@ -170,14 +224,16 @@ inline std::vector<float> symmetric_fake_quant(std::span<const float> w, int bit
   return out;
 }
 
-/// The exact integer optimum of make_weight_problem as a config (budget checked first).
+/// The exact integer optimum of make_weight_problem as a config (budget checked first), tied
+/// layers (search_context::tied_layers) sharing their bits.
 inline bit_config solve_weight_allocation(std::span<const layer_cost> costs,
                                           const weight_search_space& space, const budget& b,
                                           const std::function<double(std::size_t, int)>& value_of,
-                                          const char* who) {
-  space.check_feasible(costs, b, who);
-  const auto sol = solve_allocation(make_weight_problem(costs, space, b, value_of, who));
-  return weight_config(costs, space, sol.choice, who);
+                                          const char* who,
+                                          std::span<const std::vector<std::size_t>> tied = {}) {
+  space.check_feasible(costs, b, who, tied);
+  const auto sol = solve_allocation(make_weight_problem(costs, space, b, value_of, who, tied));
+  return weight_config(costs, space, sol.choice, who, tied);
 }
 
 }  // namespace mixq::search
