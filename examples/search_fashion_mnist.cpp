@@ -12,7 +12,7 @@
 //                        [--epochs 1] [--warmup-epochs 0] [--finetune-epochs 1]
 //                        [--fp32-epochs 2] [--checkpoint PATH] [--seed 1] [--out DIR]
 //                        [--bits 1,2,3,4,5,6,7,8] [--batch 64] [--lr 0.01] [--finetune-lr LR]
-//                        [--arch-lr 0.003 (fracbits: 0.03)]
+//                        [--arch-lr 0.003 (fracbits, ebs: 0.03)]
 //                        [--finetune-quantizer lsq|pact]
 //                        [--limit-train N] [--limit-test N] [--data-dir DIR] [--no-deploy]
 #include <algorithm>
@@ -117,9 +117,11 @@ struct settings {
 };
 
 /// Architecture learning rate per policy: FracBits moves real-valued bit-widths, which need
-/// about 10x the step of the DNAS/EBS logits to travel a bit in one or two epochs.
+/// about 10x the step of the DNAS logits to travel a bit in one or two epochs; EBS's
+/// strengths likewise (at 0.003 its expected cost was still 230% of a W2A2 budget after one
+/// search epoch, at 0.03 it reached 100%; docs/search.md).
 float default_arch_lr(const std::string& policy) {
-  return policy == "fracbits" ? 0.03f : 3e-3f;
+  return policy == "fracbits" || policy == "ebs" ? 0.03f : 3e-3f;
 }
 
 /// A policy the example can run: builds it from the settings and runs the driver.

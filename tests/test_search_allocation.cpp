@@ -742,7 +742,8 @@ struct residual_fixture {
 
 }  // namespace
 
-TEST_CASE("tied layers: OMPQ and HAWQ give a residual block's conv1 and downsample equal bits") {
+TEST_CASE(
+    "tied layers: OMPQ, HAWQ and BMPQ give a residual block's conv1 and downsample equal bits") {
   residual_fixture f;
   REQUIRE(f.ctx.tied_layers.size() == 1);
   REQUIRE(f.ctx.tied_layers[0].size() == 2);
@@ -786,6 +787,18 @@ TEST_CASE("tied layers: OMPQ and HAWQ give a residual block's conv1 and downsamp
     hawq_options h;
     h.hutchinson.probes = 2;
     sweep([&](const budget& b) { return hawq_policy(h).allocate(f.ctx, b); }, kind, 4, 8, "hawq");
+    bmpq_options bo;
+    bo.space.candidates = {1, 2, 3, 4, 5, 6, 8};
+    bo.space.a_bits = 8;
+    bo.probe_batches = 2;
+    sweep(
+        [&](const budget& b) {
+          bmpq_policy p(bo);  // attaches itself: detach before it goes
+          const auto c = p.allocate(f.ctx, b);
+          nn::detach_policy(*f.model);
+          return c;
+        },
+        kind, 1, 8, "bmpq");
   }
 
   // HAWQ's tied allocation is the optimum over the tied configurations (brute force over 4/8

@@ -424,7 +424,7 @@ class bmpq_policy : public nn::precision_policy {
       return -double(c.costs[i].params) * sens[i] * std::ldexp(1.0, -2 * w);
     };
     const bit_config before = config_;
-    config_ = solve_weight_allocation(c.costs, opt_.space, b, value_of, who);
+    config_ = solve_weight_allocation(c.costs, opt_.space, b, value_of, who, c.tied_layers);
     r.config = config_;
     r.cost = b.cost_of(c.costs, config_);
     r.changed = !(config_ == before);

@@ -111,26 +111,17 @@ class ebs_policy : public nn::precision_policy {
   /// W_hat = sum_i r_w[i] Q_{w_i}(W) (the meta weight is the layer's own weight).
   var quantize_weights(std::size_t layer, const var& w) override {
     auto& s = at(layer);
-    const var r = autodiff::softmax(s.s_w);
-    var out;
-    for (std::size_t i = 0; i < o_.w_bits.size(); ++i) {
-      const var t = autodiff::mul(detail::dorefa_weight(w, o_.w_bits[i]), detail::element(r, i));
-      out = i ? autodiff::add(out, t) : t;
-    }
-    return out;
+    std::vector<var> qs;
+    for (int b : o_.w_bits) qs.push_back(detail::dorefa_weight(w, b));
+    return autodiff::weighted_sum(qs, autodiff::softmax(s.s_w));
   }
-  /// X_hat = sum_j r_a[j] PACT_{a_j}(X).
+  /// X_hat = sum_j r_a[j] PACT_{a_j}(X) (one weighted_sum node: the terms are activation-sized).
   var quantize_activations(std::size_t layer, const var& x) override {
     auto& s = at(layer);
-    const var r = autodiff::softmax(s.s_a);
-    var out;
-    for (std::size_t j = 0; j < o_.a_bits.size(); ++j) {
-      const var t = autodiff::mul(
-          detail::pact_activation(o_.activations, layer, x, s.alphas[j], o_.a_bits[j]),
-          detail::element(r, j));
-      out = j ? autodiff::add(out, t) : t;
-    }
-    return out;
+    std::vector<var> qs;
+    for (std::size_t j = 0; j < o_.a_bits.size(); ++j)
+      qs.push_back(detail::pact_activation(o_.activations, layer, x, s.alphas[j], o_.a_bits[j]));
+    return autodiff::weighted_sum(qs, autodiff::softmax(s.s_a));
   }
   // forward(): the precision_policy default, one layer.compute() on the two aggregates.
 
