@@ -146,7 +146,7 @@ TEST_CASE("compiled BMPQ demo CNN agrees with its fake-quant forward") {
       if (l.kind == deploy::op_kind::quantized) {
         CHECK(l.weight_type == bitwidth{m.policy.config().w_bits[q], true});
         CHECK(l.input.bits == m.policy.config().a_bits[q]);
-        CHECK(l.input.alpha == m.policy.clip_value(q));
+        CHECK(l.input.grid == quant::activation_grid::pact(m.policy.clip_value(q)));
         ++q;
       }
     CHECK(q == m.policy.layers());

@@ -221,6 +221,10 @@ class bmpq_policy : public nn::precision_policy {
     check_attached(layer);
     return hi_[layer];
   }
+  /// Layer i's input grid for deployment: PACT's one-sided grid with alpha = clip_value(i).
+  quant::activation_grid input_grid(std::size_t layer) const {
+    return quant::activation_grid::pact(clip_value(layer));
+  }
 
   /// "" when layer i's input grid is one-sided (deployable); otherwise why not: the range was
   /// never measured, has negative values (a signed grid), or is [0, 0] (passed through
