@@ -31,8 +31,8 @@ inline std::string deploy_input_problem(const nn::fixed_policy& p, std::size_t l
   if (opt.activations == nn::activation_quantizer::uniform_asymmetric)
     return "quantizes its input with the dynamic asymmetric uniform quantizer (its grid "
            "depends on each batch); integer models take one-sided PACT or LSQ activations";
-  const bool listed = std::find(opt.two_sided_layers.begin(), opt.two_sided_layers.end(),
-                                layer) != opt.two_sided_layers.end();
+  const bool listed = std::find(opt.two_sided_layers.begin(), opt.two_sided_layers.end(), layer) !=
+                      opt.two_sided_layers.end();
   if (listed || (opt.activations == nn::activation_quantizer::pact && opt.pact.two_sided))
     return "quantizes its input on a two-sided grid (fixed_policy_options::two_sided_layers or "
            "pact.two_sided); integer models take one-sided PACT or LSQ activations, whose zero "

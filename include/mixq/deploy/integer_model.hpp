@@ -83,7 +83,9 @@ struct activation_encoding {
   int max_code() const noexcept { return (1 << bits) - 1; }
   /// The real value of code 1.
   float scale() const noexcept { return grid.scale(bits); }
-  std::uint8_t code(float x) const noexcept { return static_cast<std::uint8_t>(grid.code(x, bits)); }
+  std::uint8_t code(float x) const noexcept {
+    return static_cast<std::uint8_t>(grid.code(x, bits));
+  }
   /// codes of n values (one loop per grid kind, so each vectorises).
   void encode(const float* x, std::size_t n, std::uint8_t* out) const noexcept {
     if (grid.kind == quant::activation_grid_kind::step)

@@ -123,8 +123,8 @@ class byte_reader {
     for (int i = 0; i < 5; ++i) {
       const std::uint8_t b = u8(field);
       if (i == 4 && b > 0x0f)
-        throw format_error(cat(source_, ": ", field, " at byte ", pos_ - 1,
-                               " is a varint over 32 bits"));
+        throw format_error(
+            cat(source_, ": ", field, " at byte ", pos_ - 1, " is a varint over 32 bits"));
       v |= std::uint32_t(b & 0x7f) << (7 * i);
       if (!(b & 0x80)) return v;
     }
@@ -232,11 +232,10 @@ inline void write_op_v3(byte_writer& w, const layer& l) {
       // and shifts, 1 or out weight scales and as many zero points, out x k x k x in/groups
       // codes.
       const bool per_channel = l.weight_scale.size() != 1;
-      w.u8(std::uint8_t((l.is_linear ? flag::linear : 0) |
-                        (l.weight_type.is_signed ? flag::signed_weights : 0) |
-                        (l.input.grid.kind == quant::activation_grid_kind::step ? flag::step_grid
-                                                                                : 0) |
-                        (per_channel ? flag::per_channel_weights : 0)));
+      w.u8(std::uint8_t(
+          (l.is_linear ? flag::linear : 0) | (l.weight_type.is_signed ? flag::signed_weights : 0) |
+          (l.input.grid.kind == quant::activation_grid_kind::step ? flag::step_grid : 0) |
+          (per_channel ? flag::per_channel_weights : 0)));
       w.u8(std::uint8_t((l.weight_type.bits - 1) | ((l.input.bits - 1) << 4)));
       w.varint(l.window), w.varint(l.stride), w.varint(l.padding);
       w.varint(l.in_channels), w.varint(l.out_channels), w.varint(l.groups);
@@ -295,9 +294,8 @@ inline layer read_op_v3(byte_reader& r, std::uint32_t i) {
                                                     : quant::activation_grid_kind::pact;
       l.input.grid.value = r.f32("input grid value");
       if (l.groups == 0 || l.in_channels % l.groups)
-        throw format_error(cat(source, ": layer ", i, " has ", l.in_channels,
-                               " input channels in ", l.groups,
-                               " groups (expected a multiple of groups >= 1)"));
+        throw format_error(cat(source, ": layer ", i, " has ", l.in_channels, " input channels in ",
+                               l.groups, " groups (expected a multiple of groups >= 1)"));
       const std::size_t out = l.out_channels;
       l.mul = r.raw_floats(out, "output scales");
       l.add = r.raw_floats(out, "output shifts");
@@ -308,8 +306,7 @@ inline layer read_op_v3(byte_reader& r, std::uint32_t i) {
       // Each factor < 2^32: the product overflows 64 bits only when it is absurd anyway.
       std::uint64_t n = std::uint64_t(out) * (l.in_channels / l.groups);
       bool overflow = __builtin_mul_overflow(n, k * k, &n);
-      if (overflow)
-        throw format_error(cat(source, ": layer ", i, " has too many weight codes"));
+      if (overflow) throw format_error(cat(source, ": layer ", i, " has too many weight codes"));
       l.weight_codes = read_packed_codes(r, n, l.weight_type);
       return l;
     }

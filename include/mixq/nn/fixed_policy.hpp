@@ -173,8 +173,8 @@ class fixed_policy : public precision_policy {
   /// and for the dynamic uniform quantizer, whose grid depends on each input.
   quant::activation_grid input_grid(std::size_t layer) const {
     checked(layer);
-    const bool two = is_two_sided(layer) ||
-                     (options_.activations == activation_quantizer::pact && options_.pact.two_sided);
+    const bool two = is_two_sided(layer) || (options_.activations == activation_quantizer::pact &&
+                                             options_.pact.two_sided);
     if (two)
       throw value_error(mixq::detail::cat("fixed_policy::input_grid: layer ", layer,
                                           " quantizes its input on a two-sided grid; a "
