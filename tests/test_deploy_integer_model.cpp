@@ -411,6 +411,9 @@ TEST_CASE("damaged model files raise format_error") {
     b[14] = 0x81, b[15] = 0x40;
     fix_checksum(b);
     CHECK(message(b).find("exceeds 4096") != std::string::npos);
+    layer named = single;  // and save refuses to write such a name
+    named.name.assign(4097, 'n');
+    CHECK_THROWS_AS((void)serialize(integer_model({named})), value_error);
   }
 
   CHECK_THROWS_AS(load("/nonexistent/dir/model.mixq"), io_error);

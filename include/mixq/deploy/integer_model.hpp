@@ -351,7 +351,7 @@ class integer_model {
   /// Logits [N, outputs] of a float batch [N, C, H, W] (or [N, F]): the fast path. Activations
   /// between quantized layers stay u8 codes: each layer's output map, the ReLU and affine ops
   /// after it and the next layer's input encoding are one requantization step (per-channel
-  /// thresholds on the int32 accumulator for next layers of <= 4 bits), max pools before a
+  /// thresholds on the int32 accumulator for next layers of <= 2 bits), max pools before a
   /// quantized layer run on codes, and the batch is split over the threads.
   tensor<float> run(const tensor<float>& batch) {
     check_input(batch);
@@ -603,7 +603,7 @@ class integer_model {
     std::vector<float> scale, shift;
     std::size_t chain_end = 0;     // ops i+1 .. chain_end-1 (affine, relu) are fused
     std::ptrdiff_t consumer = -1;  // the quantized op that reads this layer's codes
-    std::shared_ptr<detail::requant_thresholds> thresholds;  // when the consumer has <= 4 bits
+    std::shared_ptr<detail::requant_thresholds> thresholds;  // when the consumer has <= 2 bits
   };
 
   // The float output of quantized layer i's channel c after its fused chain, for accumulator
@@ -1148,7 +1148,7 @@ class integer_model {
       throw shape_error(detail::cat(who, ": input of shape ", shape_string(x.shape()),
                                     "; expected ", l.in_channels, " channels"));
     tensor<std::uint8_t> codes(s);
-    for (std::size_t j = 0; j < x.size(); ++j) codes[j] = l.input.code(x[j]);  // plain, per value
+    for (std::size_t j = 0; j < x.size(); ++j) codes[j] = l.input.code(x[j]);
 
     const std::size_t k = l.is_linear ? 1 : l.window;
     kernels::conv2d_params p;

@@ -222,7 +222,12 @@ inline constexpr std::uint8_t linear = 1, signed_weights = 2, step_grid = 4,
                               per_channel_weights = 8, all = 15;
 }
 
+inline constexpr std::size_t max_name_bytes = 4096;
+
 inline void write_op_v3(byte_writer& w, const layer& l) {
+  if (l.name.size() > max_name_bytes)  // load would refuse it
+    throw value_error(cat("deploy::serialize: layer name of ", l.name.size(),
+                          " bytes: expected at most ", max_name_bytes));
   w.u8(std::uint8_t(l.kind));
   w.varint(std::uint32_t(l.name.size()));
   w.bytes(std::span(reinterpret_cast<const std::uint8_t*>(l.name.data()), l.name.size()));
@@ -272,7 +277,7 @@ inline layer read_op_v3(byte_reader& r, std::uint32_t i) {
     throw format_error(cat(source, ": layer ", i, " has unknown kind ", kind, " (expected 1..",
                            op_kind_count, " in format version 3)"));
   layer l = layer::of_kind(static_cast<op_kind>(kind));
-  l.name = r.short_str("layer name", 4096);
+  l.name = r.short_str("layer name", max_name_bytes);
   switch (l.kind) {
     case op_kind::quantized: {
       const std::uint8_t flags = r.u8("quantized layer flags");
@@ -382,7 +387,7 @@ inline std::vector<layer> read_ops_v2(byte_reader& r, std::uint32_t version) {
       throw format_error(cat(source, ": layer ", i, " has unknown kind ", kind, " (expected 1..",
                              kinds, " in format version ", version, ")"));
     l.kind = static_cast<op_kind>(kind);
-    l.name = r.str("layer name", 4096);
+    l.name = r.str("layer name", max_name_bytes);
     l.window = r.u32("window"), l.stride = r.u32("stride"), l.padding = r.u32("padding");
     l.is_linear = r.u8("is_linear") != 0;
     l.in_channels = r.u32("in channels"), l.out_channels = r.u32("out channels");
