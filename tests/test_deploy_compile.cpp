@@ -57,7 +57,7 @@ std::shared_ptr<nn::sequential> demo_model(std::size_t width, const quant::bit_c
     net->train();
     {
       ad::no_grad ng;
-      (void)(*net)(ad::constant(random_tensor({8, 1, 28, 28}, rng, 0.0f, 1.0f)));
+      (void)(*net)(ad::constant(random_tensor({4, 1, 28, 28}, rng, 0.0f, 1.0f)));
     }
     for (auto& v : policy->parameters())
       for (auto& x : v.value()) x *= std::uniform_real_distribution<float>(0.6f, 1.6f)(rng);
@@ -110,13 +110,9 @@ TEST_CASE("compiled demo CNN with LSQ weights and activations agrees with its si
   std::mt19937 rng(31);
   const ad::ftensor images = random_tensor({16, 1, 28, 28}, rng, 0.0f, 1.0f);
   const std::vector<quant::bit_config> configs{
-      quant::bit_config::uniform(6, 2, 2),
-      quant::bit_config::uniform(6, 3, 1),
-      quant::bit_config::uniform(6, 4, 4),
+      quant::bit_config::uniform(6, 2, 2), quant::bit_config::uniform(6, 3, 1),
       quant::bit_config::uniform(6, 8, 8),
-      quant::bit_config{{4, 1, 2, 1, 2, 2}, {8, 1, 2, 1, 2, 2}},
-      random_config(6, rng),
-      random_config(6, rng)};
+      quant::bit_config{{4, 1, 2, 1, 2, 2}, {8, 1, 2, 1, 2, 2}}, random_config(6, rng)};
   for (const auto& cfg : configs) {
     CAPTURE(cfg.to_string());
     std::unique_ptr<nn::fixed_policy> policy;
@@ -150,8 +146,6 @@ TEST_CASE("compiled demo CNN with LSQ weights and activations agrees with its si
     auto copy = back;
     const auto y0 = im.run(images), y1 = copy.run(images);
     for (std::size_t i = 0; i < y0.size(); ++i) REQUIRE(y0[i] == y1[i]);
-    const auto r0 = im.run_reference(images), r1 = copy.run_reference(images);
-    for (std::size_t i = 0; i < r0.size(); ++i) REQUIRE(r0[i] == r1[i]);
   }
 }
 
