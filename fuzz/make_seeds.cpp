@@ -1,5 +1,6 @@
 // Writes a few small valid integer-model files (prefixed with the fuzz target's mode byte)
-// into the directory given as argv[1]: the seed corpus of fuzz_model_file.
+// into the directory given as argv[1]: the seed corpus of fuzz_model_file. Format version 3
+// (PACT and LSQ step grids), and one version 2 file so the old parser is fuzzed too.
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -11,7 +12,8 @@
 using namespace mixq::deploy;
 
 static layer quantized(std::mt19937& rng, std::uint32_t in, std::uint32_t out, std::uint32_t k,
-                       std::uint32_t groups, mixq::bitwidth wt, int abits, bool linear) {
+                       std::uint32_t groups, mixq::bitwidth wt, int abits, bool linear,
+                       bool step_grid = false) {
   layer l = layer::of_kind(op_kind::quantized, "q");
   l.is_linear = linear, l.window = k, l.stride = 1, l.padding = k / 2;
   l.in_channels = in, l.out_channels = out, l.groups = groups, l.weight_type = wt;
@@ -24,7 +26,9 @@ static layer quantized(std::mt19937& rng, std::uint32_t in, std::uint32_t out, s
   }
   l.weight_scale = {0.1f}, l.weight_zero_point = {wt.is_signed ? 0.0f : 0.5f * float(hi)};
   l.mul.assign(out, 1.0f), l.add.assign(out, 0.0f);
-  l.input.bits = abits, l.input.alpha = 4.0f;
+  l.input.bits = abits;
+  l.input.grid = step_grid ? mixq::quant::activation_grid::step(0.25f)
+                           : mixq::quant::activation_grid::pact(4.0f);
   return l;
 }
 
@@ -46,7 +50,7 @@ int main(int argc, char** argv) {
     std::vector<layer> res{quantized(rng, 1, 4, 3, 1, wt, 2, false),
                            layer::of_kind(op_kind::relu),
                            layer::slot_op(op_kind::save, 0),
-                           quantized(rng, 4, 4, 3, 1, wt, 2, false),
+                           quantized(rng, 4, 4, 3, 1, wt, 2, false, true),
                            layer::of_kind(op_kind::relu),
                            quantized(rng, 4, 4, 3, 1, wt, 2, false),
                            layer::slot_op(op_kind::save, 1),
@@ -64,6 +68,16 @@ int main(int argc, char** argv) {
         out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
       }
     }
+  }
+  // One version 2 file (PACT grids only).
+  std::vector<layer> v2{quantized(rng, 1, 4, 3, 1, {2, false}, 2, false),
+                        layer::of_kind(op_kind::relu), layer::of_kind(op_kind::global_avg_pool),
+                        quantized(rng, 4, 3, 1, 1, {2, false}, 4, true)};
+  const auto bytes = detail::serialize_v2(integer_model(v2));
+  for (char mode : {'\0', '\1'}) {
+    std::ofstream out(std::string(argv[1]) + "/seed" + std::to_string(n++), std::ios::binary);
+    out.put(mode);
+    out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
   }
   return 0;
 }

@@ -58,7 +58,10 @@ layer random_quantized(std::mt19937& rng, std::uint32_t in, std::uint32_t out, s
   for (std::size_t c = 0; c < out; ++c)
     l.mul.push_back(rng() % 5 ? u(rng) : -u(rng)), l.add.push_back(u(rng) - 0.8f);
   l.input.bits = abits;
-  l.input.alpha = 2.0f * u(rng);
+  // PACT grids and LSQ step grids (a step near a PACT grid's alpha / L).
+  const float alpha = 2.0f * u(rng);
+  l.input.grid = rng() % 2 ? quant::activation_grid::pact(alpha)
+                           : quant::activation_grid::step(alpha / float((1 << abits) - 1));
   return l;
 }
 
@@ -211,7 +214,9 @@ TEST_CASE("threshold requantization equals the float output map it replaces") {
   std::uniform_real_distribution<float> u(-2.0f, 2.0f);
   for (int trial = 0; trial < 40; ++trial) {
     const int bits = 1 + trial % 4;
-    const activation_encoding enc{bits, 0.5f + std::abs(u(rng))};
+    const float v = 0.5f + std::abs(u(rng));
+    const activation_encoding enc{bits, trial % 3 == 2 ? quant::activation_grid::step(v / 3.0f)
+                                                       : quant::activation_grid::pact(v)};
     const std::size_t C = 1 + rng() % 40;
     // Per channel: scale (any sign, sometimes 0) and shift, an affine (any sign), ReLU or not.
     std::vector<float> scale(C), shift(C), mul(C), add(C);
@@ -323,33 +328,37 @@ TEST_CASE("int8 convolution with folded or shifted weights equals the definition
 
 TEST_CASE("max pooling codes equals encoding a float max pool") {
   std::mt19937 rng(26);
-  const activation_encoding enc{3, 1.7f};
-  std::uniform_real_distribution<float> u(-1.0f, 2.0f);
-  for (std::size_t k : {2, 3})
-    for (std::size_t pad : {0, 1}) {
-      const std::size_t n = 2, h = 7, w = 6, c = 5, stride = 2;
-      std::vector<float> x(n * h * w * c);
-      for (auto& v : x) v = u(rng);
-      std::vector<std::uint8_t> codes(x.size());
-      for (std::size_t i = 0; i < x.size(); ++i) codes[i] = enc.code(x[i]);
-      const dd::window_geometry g{
-          n, h,      w,  c, (h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1,
-          k, stride, pad};
-      std::vector<std::uint8_t> pooled(n * g.oh * g.ow * c);
-      dd::max_pool_codes(codes.data(), g, pooled.data());
-      for (std::size_t b = 0; b < n; ++b)
-        for (std::size_t oy = 0; oy < g.oh; ++oy)
-          for (std::size_t ox = 0; ox < g.ow; ++ox)
-            for (std::size_t ch = 0; ch < c; ++ch) {
-              float mx = -std::numeric_limits<float>::infinity();
-              for (std::size_t ky = 0; ky < k; ++ky)
-                for (std::size_t kx = 0; kx < k; ++kx) {
-                  const long iy = long(oy * stride + ky) - long(pad),
-                             ix = long(ox * stride + kx) - long(pad);
-                  if (iy < 0 || ix < 0 || iy >= long(h) || ix >= long(w)) continue;
-                  mx = std::max(mx, x[((b * h + std::size_t(iy)) * w + std::size_t(ix)) * c + ch]);
-                }
-              REQUIRE(pooled[((b * g.oh + oy) * g.ow + ox) * c + ch] == enc.code(mx));
-            }
-    }
+  for (const activation_encoding enc :
+       {activation_encoding{3, quant::activation_grid::pact(1.7f)},
+        activation_encoding{2, quant::activation_grid::step(0.4f)}}) {
+    std::uniform_real_distribution<float> u(-1.0f, 2.0f);
+    for (std::size_t k : {2, 3})
+      for (std::size_t pad : {0, 1}) {
+        const std::size_t n = 2, h = 7, w = 6, c = 5, stride = 2;
+        std::vector<float> x(n * h * w * c);
+        for (auto& v : x) v = u(rng);
+        std::vector<std::uint8_t> codes(x.size());
+        for (std::size_t i = 0; i < x.size(); ++i) codes[i] = enc.code(x[i]);
+        const dd::window_geometry g{
+            n, h,      w,  c, (h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1,
+            k, stride, pad};
+        std::vector<std::uint8_t> pooled(n * g.oh * g.ow * c);
+        dd::max_pool_codes(codes.data(), g, pooled.data());
+        for (std::size_t b = 0; b < n; ++b)
+          for (std::size_t oy = 0; oy < g.oh; ++oy)
+            for (std::size_t ox = 0; ox < g.ow; ++ox)
+              for (std::size_t ch = 0; ch < c; ++ch) {
+                float mx = -std::numeric_limits<float>::infinity();
+                for (std::size_t ky = 0; ky < k; ++ky)
+                  for (std::size_t kx = 0; kx < k; ++kx) {
+                    const long iy = long(oy * stride + ky) - long(pad),
+                               ix = long(ox * stride + kx) - long(pad);
+                    if (iy < 0 || ix < 0 || iy >= long(h) || ix >= long(w)) continue;
+                    mx =
+                        std::max(mx, x[((b * h + std::size_t(iy)) * w + std::size_t(ix)) * c + ch]);
+                  }
+                REQUIRE(pooled[((b * g.oh + oy) * g.ow + ox) * c + ch] == enc.code(mx));
+              }
+      }
+  }
 }

@@ -51,7 +51,10 @@ layer random_quantized(std::mt19937& rng, std::uint32_t in, std::uint32_t out, s
   }
   for (std::size_t c = 0; c < out; ++c) l.mul.push_back(u(rng)), l.add.push_back(u(rng) - 1.0f);
   l.input.bits = abits;
-  l.input.alpha = 2.0f * u(rng);
+  // PACT grids and LSQ step grids, alternately.
+  const float alpha = 2.0f * u(rng);
+  l.input.grid = rng() % 2 ? quant::activation_grid::pact(alpha)
+                           : quant::activation_grid::step(alpha / float((1 << abits) - 1));
   return l;
 }
 
@@ -122,12 +125,18 @@ ref_tensor reference_layer(const layer& l, const ref_tensor& x) {
               }
               for (std::size_t ci = 0; ci < cin_g; ++ci) {
                 // The activation on its grid, the weight decoded from its code.
-                // PACT's grid by its definition: round(L * clip(x, 0, alpha) / alpha).
-                const float L = float((1 << l.input.bits) - 1);
-                const float u = std::clamp(float(x.v[base + g * cin_g + ci]), 0.0f, l.input.alpha) /
-                                l.input.alpha;
-                const double code = std::nearbyint(L * u);
-                const double a = code * double(l.input.alpha) / double(L);
+                const float L = float((1 << l.input.bits) - 1), v = l.input.grid.value;
+                const float xv = float(x.v[base + g * cin_g + ci]);
+                double code, a;
+                if (l.input.grid.kind == quant::activation_grid_kind::pact) {
+                  // PACT's grid by its definition: round(L * clip(x, 0, alpha) / alpha).
+                  code = std::nearbyint(L * (std::clamp(xv, 0.0f, v) / v));
+                  a = code * double(v) / double(L);
+                } else {
+                  // LSQ's unsigned grid: round(clip(x / step, 0, L)), value step * code.
+                  code = std::nearbyint(std::clamp(xv / v, 0.0f, L));
+                  a = code * double(v);
+                }
                 const std::size_t wc = l.weight_scale.size() > 1 ? o : 0;
                 const double wv = double(l.weight_scale[wc]) *
                                   (double(l.weight_codes[((o * k + ky) * k + kx) * cin_g + ci]) -
@@ -205,6 +214,11 @@ std::vector<layer> every_kind_network(std::mt19937& rng, bitwidth wt, int abits,
   ls.push_back(layer::of_kind(op_kind::flatten));
   ls.push_back(random_quantized(rng, 6 * 3 * 3, 5, 1, 1, 0, 1, wt, abits, true, zp, true));
   return ls;
+}
+
+void fix_checksum(std::vector<std::uint8_t>& b) {
+  const auto sum = deploy::detail::fnv1a(std::span(b).first(b.size() - 8));
+  for (int i = 0; i < 8; ++i) b[b.size() - 8 + std::size_t(i)] = std::uint8_t(sum >> (8 * i));
 }
 
 struct temp_dir {
@@ -291,9 +305,13 @@ TEST_CASE("model files round-trip to bit-identical outputs") {
       CHECK(back.layers()[i].weight_codes == m.layers()[i].weight_codes);
     const auto y0 = m.run(images), y1 = back.run(images);
     for (std::size_t i = 0; i < y0.size(); ++i) REQUIRE(y0[i] == y1[i]);
-    // Headers are small: the file is the packed payload plus under 2% (here, per layer
-    // headers of a tiny model dominate less than 200 bytes per layer).
-    CHECK(fs::file_size(path) <= m.payload_bytes() + 24 + 80 * m.layers().size());
+    // Headers are small: magic, version, op count and checksum (21 bytes), then per op its
+    // kind and name (2 bytes + the name) and the fields of its kind: for a quantized layer
+    // flags, bits, six small varints and the grid value (16 bytes), else at most 4.
+    std::size_t headers = 21;
+    for (const layer& l : m.layers())
+      headers += 2 + l.name.size() + (l.kind == op_kind::quantized ? 16 : 4);
+    CHECK(fs::file_size(path) <= m.payload_bytes() + headers);
     CHECK(!fs::exists(path.string() + ".tmp"));
   }
 }
@@ -323,23 +341,119 @@ TEST_CASE("damaged model files raise format_error") {
     CHECK(std::string(e.what()).find("version 99") != std::string::npos);
   }
 
-  // A lying layer count with a valid checksum fails before allocating.
-  auto lie = bytes;
-  lie[12] = lie[13] = lie[14] = lie[15] = 0xff;
-  const auto sum = deploy::detail::fnv1a(std::span(lie).first(lie.size() - 8));
-  for (int i = 0; i < 8; ++i) lie[lie.size() - 8 + std::size_t(i)] = std::uint8_t(sum >> (8 * i));
-  CHECK_THROWS_AS(deserialize(lie), format_error);
+  // A lying op count with a valid checksum fails before allocating: over the limit, more
+  // than the bytes could hold, one more op than there is, an overlong varint.
+  REQUIRE(bytes[12] == m.layers().size());  // a one-byte varint
+  for (const std::vector<std::uint8_t>& count :
+       {std::vector<std::uint8_t>{0xff, 0xff, 0xff, 0xff, 0x0f},
+        std::vector<std::uint8_t>{0xa0, 0x8d, 0x06}, std::vector<std::uint8_t>{0x0c},
+        std::vector<std::uint8_t>{0x8b, 0x80, 0x80, 0x80, 0x80, 0x00},
+        std::vector<std::uint8_t>{0x8b, 0x80, 0x80, 0x80, 0x10}}) {
+    auto lie = bytes;
+    lie.erase(lie.begin() + 12);
+    lie.insert(lie.begin() + 12, count.begin(), count.end());
+    fix_checksum(lie);
+    CHECK_THROWS_AS(deserialize(lie), format_error);
+  }
+  {
+    auto ok = bytes;  // the same count as a (longer) varint still loads
+    ok.erase(ok.begin() + 12);
+    ok.insert(ok.begin() + 12, {0x8b, 0x00});
+    fix_checksum(ok);
+    CHECK_NOTHROW((void)deserialize(ok));
+  }
 
-  // Inconsistent fields with a valid checksum: weight bits 0 in layer 0.
-  auto bits = serialize(
-      integer_model({random_quantized(rng, 2, 2, 1, 1, 0, 1, {2, false}, 2, false, false)}));
-  const std::size_t wbits_at = 8 + 4 + 4 + 4 + (4 + 1) + 12 + 1 + 12;
-  bits[wbits_at] = 0;
-  const auto s2 = deploy::detail::fnv1a(std::span(bits).first(bits.size() - 8));
-  for (int i = 0; i < 8; ++i) bits[bits.size() - 8 + std::size_t(i)] = std::uint8_t(s2 >> (8 * i));
-  CHECK_THROWS_AS(deserialize(bits), format_error);
+  // Inconsistent fields with a valid checksum in a one-layer file: unknown flags, weight or
+  // input bits over 8, no groups, an unknown grid... each a format_error naming the problem.
+  layer single = random_quantized(rng, 2, 2, 1, 1, 0, 1, {2, false}, 2, false, false);
+  single.input.grid.kind = quant::activation_grid_kind::pact;
+  const integer_model one({single});
+  const auto good = serialize(one);
+  // magic, version, count, kind, name length, "q": flags at 16, bits at 17, then window,
+  // stride, padding, in, out, groups (one byte each here) and the grid value at 24..27.
+  REQUIRE(good[14] == 1);
+  REQUIRE(good[15] == 'q');
+  auto patched = [&](std::size_t at, std::uint8_t v) {
+    auto b = good;
+    b[at] = v;
+    fix_checksum(b);
+    return b;
+  };
+  auto message = [](const std::vector<std::uint8_t>& b) {
+    try {
+      (void)deserialize(b);
+    } catch (const format_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  REQUIRE(good[16] == 0);  // unsigned, PACT, per-tensor, convolution
+  CHECK(message(good) == "no error");
+  CHECK(message(patched(16, 0x10)).find("unknown flags") != std::string::npos);
+  CHECK(message(patched(17, std::uint8_t((good[17] & 0xf0) | 0x0f))).find("weight bits 16") !=
+        std::string::npos);
+  CHECK(message(patched(17, std::uint8_t((good[17] & 0x0f) | 0xf0))).find("activation bits 16") !=
+        std::string::npos);
+  CHECK(message(patched(23, 0)).find("groups") != std::string::npos);
+  {
+    auto b = good;  // a NaN grid value
+    b[24] = 0, b[25] = 0, b[26] = 0xc0, b[27] = 0x7f;
+    fix_checksum(b);
+    CHECK(message(b).find("clip value nan is invalid") != std::string::npos);
+    b[16] = 4;  // the same on an LSQ step grid
+    fix_checksum(b);
+    CHECK(message(b).find("step nan is invalid") != std::string::npos);
+  }
+  CHECK(message(patched(13, 11)).find("unknown kind 11") != std::string::npos);
+  CHECK(message(patched(13, 0)).find("unknown kind 0") != std::string::npos);
+  {
+    auto b = good;  // a layer name over the limit
+    b[14] = 0x81, b[15] = 0x40;
+    fix_checksum(b);
+    CHECK(message(b).find("exceeds 4096") != std::string::npos);
+    layer named = single;  // and save refuses to write such a name
+    named.name.assign(4097, 'n');
+    CHECK_THROWS_AS((void)serialize(integer_model({named})), value_error);
+  }
 
   CHECK_THROWS_AS(load("/nonexistent/dir/model.mixq"), io_error);
+}
+
+TEST_CASE("version 2 files (the writer before version 3) still load, and are checked") {
+  std::mt19937 rng(13);
+  const auto images = random_images(rng, {2, 3, 12, 10});
+  for (bitwidth wt : {bitwidth{1, true}, bitwidth{3, true}, bitwidth{8, false}}) {
+    auto ls = every_kind_network(rng, wt, 3, !wt.is_signed);
+    for (layer& l : ls)  // version 2 holds PACT grids only
+      if (l.kind == op_kind::quantized) l.input.grid.kind = quant::activation_grid_kind::pact;
+    integer_model m(ls);
+    const auto v2 = deploy::detail::serialize_v2(m);
+    REQUIRE(v2[8] == 2);
+    const auto v3 = serialize(m);
+    CHECK(v3[8] == 3);
+    CHECK(v3.size() < v2.size());
+    integer_model back = deserialize(v2);
+    REQUIRE(back.layers().size() == m.layers().size());
+    for (std::size_t i = 0; i < m.layers().size(); ++i) {
+      CHECK(back.layers()[i].weight_codes == m.layers()[i].weight_codes);
+      CHECK(back.layers()[i].input.grid == m.layers()[i].input.grid);
+    }
+    const auto y0 = m.run(images), y1 = back.run(images);
+    for (std::size_t i = 0; i < y0.size(); ++i) REQUIRE(y0[i] == y1[i]);
+    // Re-saved, it is a version 3 file with the same bytes as the model's own.
+    CHECK(serialize(back) == v3);
+    for (std::size_t len = 0; len < v2.size(); len += 3)
+      CHECK_THROWS_AS(deserialize(std::span(v2).first(len)), format_error);
+    auto lie = v2;  // a lying u32 layer count with a valid checksum
+    lie[12] = lie[13] = lie[14] = lie[15] = 0xff;
+    fix_checksum(lie);
+    CHECK_THROWS_AS(deserialize(lie), format_error);
+  }
+  // Version 2 cannot hold an LSQ step grid.
+  integer_model lsq({random_quantized(rng, 2, 2, 1, 1, 0, 1, {2, false}, 2, false, false)});
+  while (lsq.layers()[0].input.grid.kind != quant::activation_grid_kind::step)
+    lsq = integer_model({random_quantized(rng, 2, 2, 1, 1, 0, 1, {2, false}, 2, false, false)});
+  CHECK_THROWS_AS((void)deploy::detail::serialize_v2(lsq), value_error);
 }
 
 TEST_CASE("a failed save leaves the existing file untouched") {

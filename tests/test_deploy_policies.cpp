@@ -63,27 +63,36 @@ void randomise_batch_norms(nn::module& m, std::mt19937& rng) {
               : std::uniform_real_distribution<float>(-0.5f, 0.5f)(rng);
 }
 
-// A demo CNN with BMPQ attached and allocated under a weight-bit budget like uniform w4,
+// A demo CNN with BMPQ attached and allocated under a weight-bit budget like uniform w4
+// (with EMA-range activations) or w2 with 1-bit candidates (LSQ activations, BMPQ's default),
 // activations at `a_bits`; the probe batches (training mode) measure the activation ranges.
 struct bmpq_model {
   std::shared_ptr<nn::sequential> net;
   search::bmpq_policy policy;
   random_batches data;
 
-  bmpq_model(std::mt19937& rng, int a_bits, float input_lo)
-      : net(nn::demo_cnn(10, 1, rng)), policy(options(a_bits)), data(2, 8, rng, input_lo, 1.0f) {
+  bmpq_model(std::mt19937& rng, int a_bits, float input_lo,
+             search::bmpq_activation_quantizer acts = search::bmpq_activation_quantizer::ema_range)
+      : net(nn::demo_cnn(10, 1, rng)),
+        policy(options(a_bits, acts)),
+        data(2, 8, rng, input_lo, 1.0f) {
     auto ctx = context_of(*net, data);
-    const auto b =
-        search::budget::like_uniform(search::budget_kind::weight_bits, ctx.costs, 4, a_bits);
+    const auto b = search::budget::like_uniform(
+        search::budget_kind::weight_bits, ctx.costs,
+        acts == search::bmpq_activation_quantizer::lsq ? 2 : 4, a_bits);
     policy.allocate(ctx, b);
     randomise_batch_norms(*net, rng);
   }
-  static search::bmpq_options options(int a_bits) {
+  static search::bmpq_options options(
+      int a_bits,
+      search::bmpq_activation_quantizer acts = search::bmpq_activation_quantizer::ema_range) {
     search::bmpq_options o;
     o.space.candidates = {2, 3, 4, 6, 8};
+    if (acts == search::bmpq_activation_quantizer::lsq)
+      o.space.candidates.insert(o.space.candidates.begin(), 1);
     o.space.a_bits = a_bits;
     o.probe_batches = 2;
-    o.activations = search::bmpq_activation_quantizer::ema_range;
+    o.activations = acts;
     return o;
   }
 };
@@ -126,45 +135,62 @@ TEST_CASE("bmpq weight codes dequantise to the weights of its eval forward") {
 
 TEST_CASE("compiled BMPQ demo CNN agrees with its fake-quant forward") {
   std::mt19937 rng(32);
-  for (int a_bits : {2, 3, 4, 8}) {
-    CAPTURE(a_bits);
-    bmpq_model m(rng, a_bits, 0.0f);
-    CAPTURE(m.policy.config().to_string());
-    for (std::size_t i = 0; i < m.policy.layers(); ++i) {
-      CHECK(deploy_input_problem(m.policy, i).empty());
-      CHECK(m.policy.clip_value(i) > 0.0f);
-    }
-    auto im = deploy::compile(*m.net, m.policy, {1, 28, 28});
-    const ad::ftensor images = random_tensor({24, 1, 28, 28}, rng, 0.0f, 1.0f);
-    const auto a = compare(*m.net, im, images);
-    CAPTURE(a.max_abs_diff);
-    CAPTURE(a.max_abs_logit);
-    CHECK(a.same_prediction == a.samples);
-    CHECK(a.max_abs_diff <= 1e-3 * (1.0 + a.max_abs_logit));
-    // Every quantized layer runs at BMPQ's bits, with signed weights.
-    std::size_t q = 0;
-    for (const auto& l : im.layers())
-      if (l.kind == deploy::op_kind::quantized) {
-        CHECK(l.weight_type == bitwidth{m.policy.config().w_bits[q], true});
-        CHECK(l.input.bits == m.policy.config().a_bits[q]);
-        CHECK(l.input.alpha == m.policy.clip_value(q));
-        ++q;
+  using acts = search::bmpq_activation_quantizer;
+  for (acts kind : {acts::ema_range, acts::lsq})
+    for (int a_bits : {1, 2, 3, 4, 8}) {
+      if (kind == acts::ema_range && a_bits == 1) continue;  // one-bit EMA grids: not BMPQ's use
+      CAPTURE(a_bits);
+      CAPTURE(int(kind));
+      bmpq_model m(rng, a_bits, 0.0f, kind);
+      CAPTURE(m.policy.config().to_string());
+      if (kind == acts::lsq)  // a w2-like budget with 1-bit candidates: binary layers deploy too
+        CHECK(std::count(m.policy.config().w_bits.begin(), m.policy.config().w_bits.end(), 1) > 0);
+      for (std::size_t i = 0; i < m.policy.layers(); ++i) {
+        CHECK(deploy_input_problem(m.policy, i).empty());
+        CHECK(m.policy.clip_value(i) > 0.0f);
       }
-    CHECK(q == m.policy.layers());
-    // Through a file and back: bit-identical outputs.
-    const auto path = std::filesystem::temp_directory_path() /
-                      ("mixq-test-bmpq-" + std::to_string(a_bits) + ".mixq");
-    deploy::save(im, path);
-    auto back = deploy::load(path);
-    std::filesystem::remove(path);
-    const auto x = im.run(images), y = back.run(images);
-    REQUIRE(x.size() == y.size());
-    CHECK(std::equal(x.begin(), x.end(), y.begin()));
-  }
+      auto im = deploy::compile(*m.net, m.policy, {1, 28, 28});
+      const ad::ftensor images = random_tensor({24, 1, 28, 28}, rng, 0.0f, 1.0f);
+      const auto a = compare(*m.net, im, images);
+      CAPTURE(a.max_abs_diff);
+      CAPTURE(a.max_abs_logit);
+      CHECK(a.same_prediction == a.samples);
+      CHECK(a.max_abs_diff <= 1e-3 * (1.0 + a.max_abs_logit));
+      // Every quantized layer runs at BMPQ's bits, with signed weights.
+      std::size_t q = 0;
+      for (const auto& l : im.layers())
+        if (l.kind == deploy::op_kind::quantized) {
+          CHECK(l.weight_type == m.policy.weight_codes(q).type);
+          CHECK(l.weight_type.bits == m.policy.config().w_bits[q]);
+          CHECK(l.input.bits == m.policy.config().a_bits[q]);
+          CHECK(l.input.grid == (kind == acts::lsq
+                                     ? quant::activation_grid::step(m.policy.activation_step(q))
+                                     : quant::activation_grid::pact(m.policy.clip_value(q))));
+          ++q;
+        }
+      CHECK(q == m.policy.layers());
+      // Through a file and back: bit-identical outputs.
+      const auto path =
+          std::filesystem::temp_directory_path() /
+          ("mixq-test-bmpq-" + std::to_string(a_bits) + "-" + std::to_string(int(kind)) + ".mixq");
+      deploy::save(im, path);
+      auto back = deploy::load(path);
+      std::filesystem::remove(path);
+      const auto x = im.run(images), y = back.run(images);
+      REQUIRE(x.size() == y.size());
+      CHECK(std::equal(x.begin(), x.end(), y.begin()));
+    }
 }
 
 TEST_CASE("compile rejects BMPQ inputs it cannot encode") {
   std::mt19937 rng(33);
+  SUBCASE("a signed LSQ grid") {
+    bmpq_model m(rng, 4, -1.0f, search::bmpq_activation_quantizer::lsq);
+    CHECK(deploy_input_problem(m.policy, 0).find("signed LSQ activation grid") !=
+          std::string::npos);
+    CHECK(deploy_input_problem(m.policy, 1).empty());  // after a ReLU
+    CHECK_THROWS_AS((void)deploy::compile(*m.net, m.policy, {1, 28, 28}), value_error);
+  }
   SUBCASE("a signed input range (two-sided grid)") {
     bmpq_model m(rng, 4, -1.0f);  // images in [-1, 1]: the first layer sees negative inputs
     const auto why = deploy_input_problem(m.policy, 0);

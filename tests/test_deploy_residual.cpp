@@ -147,9 +147,9 @@ TEST_CASE("model file versions: version 1 loads, residual ops need version 2") {
   conv.weight_codes.assign(2 * 9 * 2, 1);
   conv.weight_scale = {0.5f}, conv.weight_zero_point = {0.0f};
   conv.mul = {1.0f, 1.0f}, conv.add = {0.0f, 0.0f};
-  conv.input = {2, 2.0f};
+  conv.input = {2, quant::activation_grid::pact(2.0f)};
   const deploy::integer_model plain({conv, deploy::layer::of_kind(deploy::op_kind::relu)});
-  auto v1 = deploy::serialize(plain);
+  auto v1 = deploy::detail::serialize_v2(plain);
   v1[8] = 1;  // version field
   fix_checksum(v1);
   const auto x = random_tensor({2, 2, 5, 5}, rng, 0.0f, 2.0f);
@@ -160,7 +160,7 @@ TEST_CASE("model file versions: version 1 loads, residual ops need version 2") {
 
   const deploy::integer_model res({deploy::layer::slot_op(deploy::op_kind::save, 0), conv,
                                    deploy::layer::slot_op(deploy::op_kind::residual_add, 0)});
-  auto r1 = deploy::serialize(res);
+  auto r1 = deploy::detail::serialize_v2(res);
   r1[8] = 1;
   fix_checksum(r1);
   try {

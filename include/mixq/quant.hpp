@@ -2,6 +2,7 @@
 // binary sign), their integer codes (code_tensor), and FracBits' fractional bit-widths.
 #pragma once
 
+#include "mixq/quant/activation_grid.hpp"
 #include "mixq/quant/binary.hpp"
 #include "mixq/quant/code_tensor.hpp"
 #include "mixq/quant/dorefa.hpp"

@@ -22,29 +22,35 @@
 
 namespace mixq::deploy {
 
-/// Why compile cannot take layer i's input quantizer, or "" when it is one-sided PACT (the
-/// grid integer models encode: code = round(L clip(x, 0, clip) / clip)). The customisation
+/// Why compile cannot take layer i's input quantizer, or "" when its grid is one-sided PACT
+/// (code = rint(L clip(x, 0, alpha) / alpha)) or one-sided LSQ (code = rint(clip(x / step, 0,
+/// L))), the grids integer models encode (zero padding is code 0 on both). The customisation
 /// point of deployable_policy; other policies overload it in their own namespace (ADL).
 inline std::string deploy_input_problem(const nn::fixed_policy& p, std::size_t layer) {
   const auto& opt = p.options();
-  if (opt.activations != nn::activation_quantizer::pact || opt.pact.two_sided ||
-      std::find(opt.two_sided_layers.begin(), opt.two_sided_layers.end(), layer) !=
-          opt.two_sided_layers.end())
-    return "quantizes its input with a two-sided or non-PACT quantizer; integer models take "
-           "one-sided PACT activations (the default)";
+  if (opt.activations == nn::activation_quantizer::uniform_asymmetric)
+    return "quantizes its input with the dynamic asymmetric uniform quantizer (its grid "
+           "depends on each batch); integer models take one-sided PACT or LSQ activations";
+  const bool listed = std::find(opt.two_sided_layers.begin(), opt.two_sided_layers.end(), layer) !=
+                      opt.two_sided_layers.end();
+  if (listed || (opt.activations == nn::activation_quantizer::pact && opt.pact.two_sided))
+    return "quantizes its input on a two-sided grid (fixed_policy_options::two_sided_layers or "
+           "pact.two_sided); integer models take one-sided PACT or LSQ activations, whose zero "
+           "padding is code 0";
   return {};
 }
 
 /// What compile reads from a precision policy: the number of attached layers, the bit_config,
 /// each layer's weight codes (equal on dequantisation to the weights its forward uses), the
-/// clip value of its one-sided PACT-like input grid, and deploy_input_problem() saying whether
-/// that grid is one. nn::fixed_policy and search::bmpq_policy model it.
+/// one-sided grid of its input (quant::activation_grid: PACT's or LSQ's), and
+/// deploy_input_problem() saying whether that grid is one. nn::fixed_policy and
+/// search::bmpq_policy model it.
 template <class P>
 concept deployable_policy = requires(const P& p, std::size_t i) {
   { p.layers() } -> std::convertible_to<std::size_t>;
   { p.config() } -> std::convertible_to<const quant::bit_config&>;
   { p.weight_codes(i) } -> std::convertible_to<quant::code_tensor>;
-  { p.clip_value(i) } -> std::convertible_to<float>;
+  { p.input_grid(i) } -> std::convertible_to<quant::activation_grid>;
   { deploy_input_problem(p, i) } -> std::convertible_to<std::string>;
 };
 static_assert(deployable_policy<nn::fixed_policy>);
@@ -102,7 +108,7 @@ void add_quantized(compile_state<P>& st, nn::quantized_layer& q, const std::stri
   l.stride = std::uint32_t(q.stride());
   l.padding = std::uint32_t(q.padding());
   l.input.bits = st.policy.config().a_bits.at(i);
-  l.input.alpha = st.policy.clip_value(i);
+  l.input.grid = st.policy.input_grid(i);
 
   const quant::code_tensor w = st.policy.weight_codes(i);
   l.weight_type = w.type;

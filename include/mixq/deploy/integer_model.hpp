@@ -25,6 +25,7 @@
 #include "mixq/kernels/bitserial_conv2d.hpp"
 #include "mixq/kernels/lowbit_gemm.hpp"
 #include "mixq/kernels/thread_pool.hpp"
+#include "mixq/quant/activation_grid.hpp"
 
 namespace mixq::deploy {
 
@@ -70,28 +71,32 @@ inline const char* op_name(op_kind k) {
   return "unknown";
 }
 
-/// How a quantized layer turns its float input into unsigned codes: PACT's one-sided grid,
-/// code = round(L * clip(x, 0, alpha) / alpha) (half to even), L = 2^bits - 1, value =
-/// (alpha / L) * code; the same arithmetic as quant::pact_codes, so codes agree bit for bit.
+/// How a quantized layer turns its float input into unsigned codes 0..L, L = 2^bits - 1, on
+/// a one-sided grid (quant::activation_grid): PACT's, code = rint(L * clip(x, 0, alpha) /
+/// alpha), value = (alpha / L) * code, or LSQ's, code = rint(clip(x / step, 0, L)), value =
+/// step * code (rint: half to even). The arithmetic is quant::pact_codes' and
+/// quant::lsq_codes', so codes agree bit for bit with the fake-quant simulation.
 struct activation_encoding {
   int bits = 8;
-  float alpha = 1.0f;
+  quant::activation_grid grid{};
 
   int max_code() const noexcept { return (1 << bits) - 1; }
-  float scale() const noexcept { return alpha / float(max_code()); }
+  /// The real value of code 1.
+  float scale() const noexcept { return grid.scale(bits); }
   std::uint8_t code(float x) const noexcept {
-    const float levels = float(max_code());
-    const float u = std::clamp(x, 0.0f, alpha) / alpha;
-    // rint, not nearbyint: the same value (current rounding mode, half to even), but g++
-    // inlines and vectorises rint, while nearbyint stays a libm call per value.
-    return static_cast<std::uint8_t>(std::clamp(std::rint(levels * u), 0.0f, levels));
+    return static_cast<std::uint8_t>(grid.code(x, bits));
+  }
+  /// codes of n values (one loop per grid kind, so each vectorises).
+  void encode(const float* x, std::size_t n, std::uint8_t* out) const noexcept {
+    if (grid.kind == quant::activation_grid_kind::step)
+      for (std::size_t j = 0; j < n; ++j) out[j] = std::uint8_t(grid.step_code(x[j], bits));
+    else
+      for (std::size_t j = 0; j < n; ++j) out[j] = std::uint8_t(grid.pact_code(x[j], bits));
   }
   void validate(const std::string& who) const {
     if (bits < 1 || bits > 8)
       throw bits_error(mixq::detail::cat(who, ": activation bits ", bits, ": expected 1..8"));
-    if (!(alpha > 0.0f) || !std::isfinite(alpha))
-      throw value_error(mixq::detail::cat(who, ": activation clip value ", alpha,
-                                          " is invalid: expected a finite value > 0"));
+    grid.validate(who);
   }
 };
 
@@ -345,8 +350,8 @@ class integer_model {
 
   /// Logits [N, outputs] of a float batch [N, C, H, W] (or [N, F]): the fast path. Activations
   /// between quantized layers stay u8 codes: each layer's output map, the ReLU and affine ops
-  /// after it and the next layer's PACT encoding are one requantization step (per-channel
-  /// thresholds on the int32 accumulator for next layers of <= 4 bits), max pools before a
+  /// after it and the next layer's input encoding are one requantization step (per-channel
+  /// thresholds on the int32 accumulator for next layers of <= 2 bits), max pools before a
   /// quantized layer run on codes, and the batch is split over the threads.
   tensor<float> run(const tensor<float>& batch) {
     check_input(batch);
@@ -598,7 +603,7 @@ class integer_model {
     std::vector<float> scale, shift;
     std::size_t chain_end = 0;     // ops i+1 .. chain_end-1 (affine, relu) are fused
     std::ptrdiff_t consumer = -1;  // the quantized op that reads this layer's codes
-    std::shared_ptr<detail::requant_thresholds> thresholds;  // when the consumer has <= 4 bits
+    std::shared_ptr<detail::requant_thresholds> thresholds;  // when the consumer has <= 2 bits
   };
 
   // The float output of quantized layer i's channel c after its fused chain, for accumulator
@@ -808,7 +813,7 @@ class integer_model {
 
   static void encode_codes(const float* x, std::size_t n, const activation_encoding& e,
                            std::uint8_t* out) {
-    for (std::size_t j = 0; j < n; ++j) out[j] = e.code(x[j]);
+    e.encode(x, n, out);
   }
 
   // Images [b0, b1) of the batch through the whole network; their logits go to `out`.

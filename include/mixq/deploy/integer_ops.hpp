@@ -244,7 +244,7 @@ inline void window_code_sums(const std::uint8_t* codes, const window_geometry& g
 
 /// Requantization by thresholds: the next layer's code of channel c is the number of levels
 /// k = 1..L with sign[c] * acc >= t[(k - 1) * channels + c]. Exact for any chain of monotone
-/// per-channel float steps (scale and shift, affine, ReLU, PACT encoding) ending in a code,
+/// per-channel float steps (scale and shift, affine, ReLU, PACT or LSQ encoding) ending in a code,
 /// because such a chain is monotone in the accumulator: the thresholds are where it steps.
 struct requant_thresholds {
   int levels = 0;

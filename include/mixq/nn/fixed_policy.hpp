@@ -166,6 +166,33 @@ class fixed_policy : public precision_policy {
     return std::max(alpha(layer).value()[0], options_.min_alpha);
   }
 
+  /// Layer i's input grid when it is one-sided and static: PACT's {clip_value(i)}, or LSQ's
+  /// unsigned grid {its step} (activation_codes gives the same codes). value_error for a
+  /// two-sided layer (options().two_sided_layers, or pact.two_sided with PACT; a two-sided
+  /// 1-bit LSQ layer is refused too, though its grid is unsigned, as any two-sided layer is)
+  /// and for the dynamic uniform quantizer, whose grid depends on each input.
+  quant::activation_grid input_grid(std::size_t layer) const {
+    checked(layer);
+    const bool two = is_two_sided(layer) || (options_.activations == activation_quantizer::pact &&
+                                             options_.pact.two_sided);
+    if (two)
+      throw value_error(mixq::detail::cat("fixed_policy::input_grid: layer ", layer,
+                                          " quantizes its input on a two-sided grid; a "
+                                          "one-sided grid is expected"));
+    switch (options_.activations) {
+      case activation_quantizer::pact:
+        return quant::activation_grid::pact(clip_value(layer));
+      case activation_quantizer::lsq:
+        return quant::activation_grid::step(steps_a_.at(layer).value()[0]);
+      case activation_quantizer::uniform_asymmetric:
+        break;
+    }
+    throw value_error(mixq::detail::cat(
+        "fixed_policy::input_grid: layer ", layer,
+        " quantizes its input with the dynamic asymmetric uniform quantizer, whose grid "
+        "depends on each input; PACT or LSQ activations have a fixed grid"));
+  }
+
   /// The integer codes and affine map of layer i's weights at its configured bits, equal on
   /// dequantisation to the weights the forward pass uses (deployment packs these).
   quant::code_tensor weight_codes(std::size_t layer) const {

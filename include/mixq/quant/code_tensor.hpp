@@ -15,6 +15,8 @@
 #include "mixq/core/qtype.hpp"
 #include "mixq/core/quant_params.hpp"
 #include "mixq/core/tensor.hpp"
+// Policies that report code_tensors also report their input grids (search::bmpq_policy).
+#include "mixq/quant/activation_grid.hpp"
 
 namespace mixq::quant {
 

@@ -337,6 +337,13 @@ class bmpq_policy : public nn::precision_policy {
       throw value_error("bmpq_policy::activation_step: activations use the EMA range, not LSQ");
     return act_steps_[layer].value()[0];
   }
+  /// Layer i's input grid for deployment: LSQ's step grid (lsq activations; see
+  /// input_deploy_problem for when it is one-sided), else PACT's with alpha = clip_value(i).
+  quant::activation_grid input_grid(std::size_t layer) const {
+    if (opt_.activations == bmpq_activation_quantizer::lsq)
+      return quant::activation_grid::step(activation_step(layer));
+    return quant::activation_grid::pact(clip_value(layer));
+  }
 
   /// "" when layer i's input grid is one-sided (deployable); otherwise why not: the range was
   /// never measured, has negative values (a signed grid), or is [0, 0] (passed through
@@ -349,7 +356,11 @@ class bmpq_policy : public nn::precision_policy {
       if (signed_input_[layer])
         return "has a signed LSQ activation grid (its first training batch had negative "
                "inputs); integer models take one-sided inputs";
-      return "quantizes its input with LSQ, which this deploy version cannot encode yet";
+      if (step_bits_[layer] != config_.a_bits[layer])
+        return mixq::detail::cat("has an LSQ step set for ", step_bits_[layer],
+                                 "-bit activations but runs at ", config_.a_bits[layer],
+                                 " bits (run a forward at the current bits first)");
+      return {};
     }
     if (!range_set_[layer])
       return "has no measured activation range (run a training forward first)";
