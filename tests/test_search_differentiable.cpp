@@ -1059,6 +1059,7 @@ TEST_CASE("dnas derive copies the chosen branch weights into the layers") {
   tiny_net net(8);
   dnas_options o;
   o.choice = dnas_choice::argmax;
+  o.fill_budget = false;
   dnas_policy pol(o);
   nn::attach_policy(net, pol);
   auto params = pol.parameters();
@@ -1074,6 +1075,38 @@ TEST_CASE("dnas derive copies the chosen branch weights into the layers") {
   // parameters(): per layer 5 weight copies then 5 alphas
   CHECK(net.c1->weight.value().span()[0] == params[2].value()[0]);
   CHECK(net.c2->weight.value().span()[0] == params[10 + 2].value()[0]);
+}
+
+TEST_CASE("dnas derive fills the budget the argmax left, and copies the filled branches") {
+  for (double frac : {0.3, 0.6, 0.9}) {
+    CAPTURE(frac);
+    tiny_net net(9);
+    dnas_options o;
+    o.choice = dnas_choice::argmax;
+    dnas_policy pol(o);
+    nn::attach_policy(net, pol);
+    auto params = pol.parameters();
+    randomize(params, 22, -1.0f, 1.0f);
+    randomize(pol.architecture_parameters(), 23, -1.0f, 1.0f);
+    for (std::size_t i = 0; i < pol.architecture_parameters().size(); ++i)
+      pol.architecture_parameters()[i].value()[0] += 4.0f;  // argmax: 1 bit everywhere
+    search_context ctx = make_context(net);
+    const double lo = budget::like_uniform(budget_kind::bitops, tiny_costs(), 1, 1).value;
+    const double hi = budget::like_uniform(budget_kind::bitops, tiny_costs(), 8, 8).value;
+    const budget bud{budget_kind::bitops, lo + frac * (hi - lo)};
+    net(ad::constant(make_batch(2, 1).images));
+    const bit_config cfg = pol.derive(ctx, bud);
+    CHECK(bud.admits(tiny_costs(), cfg));
+    const double used = bud.cost_of(tiny_costs(), cfg) / bud.value;
+    // argmax alone (all W1A1) is at lo / bud.value; the fill gets within its 2% window or,
+    // when no config lies in it, at least above the argmax.
+    CHECK(used > lo / bud.value);
+    CHECK(used >= 0.9);
+    // the weights copied are the chosen branches' (per layer 5 weight copies then 5 alphas)
+    const std::vector<int> wb{1, 2, 3, 4, 8};
+    const auto k1 = std::size_t(std::find(wb.begin(), wb.end(), cfg.w_bits[0]) - wb.begin());
+    CHECK(net.c1->weight.value().span()[0] == params[k1].value()[0]);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

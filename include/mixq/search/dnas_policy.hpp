@@ -23,7 +23,10 @@
 //    net's own branch weights (a stand-in for the paper's "train each from scratch"); ties and
 //    a missing validation set fall back to the most probable. If none is within budget (and
 //    for argmax), the most probable is repaired greedily (least log-probability lost per cost
-//    saved). The chosen branch's weight is copied into the layer's weight for the finetune.
+//    saved). Then (fill_budget, default on; this library's addition) the leftover budget is
+//    spent: the most probable configuration costing between the choice's cost (or 98% of the
+//    budget) and the budget. The chosen branch's weight is copied into the layer's weight for
+//    the finetune.
 #pragma once
 
 #include <cmath>
@@ -57,6 +60,13 @@ struct dnas_options {
   std::size_t eval_batches = 2;  // validation batches to rank the sampled configurations
   std::uint64_t seed = 0;        // Gumbel noise and sampling (reseeded from the context)
   budget_kind cost_kind = budget_kind::bitops;  // unit of expected_cost() before a budget is seen
+  /// After the choice, spend the budget it left: the most probable configuration with cost
+  /// in [max(its cost, (1 - fill_slack) T), T] (detail::fill_budget_exact, as EBS's default
+  /// derive; this library's addition). On Fashion-MNIST one search epoch left DNAS at 85% of
+  /// a W3A3 budget, 3.6 points under uniform.
+  bool fill_budget = true;
+  double fill_slack = 0.02;
+  std::uint64_t fill_max_nodes = 1'000'000;
 };
 
 class dnas_policy : public nn::precision_policy {
@@ -232,6 +242,17 @@ class dnas_policy : public nn::precision_policy {
     std::vector<std::size_t> pick;
     if (o_.choice == dnas_choice::sample) pick = pick_sampled(c, b, choices, costs);
     if (pick.empty()) pick = detail::repair_to_budget(choices, best, costs, b, "dnas_policy");
+    if (o_.fill_budget) {
+      const auto start = pick;
+      pick = detail::fill_budget_exact(choices, start, costs, b, o_.fill_slack, o_.fill_max_nodes)
+                 .chosen;
+      if (c.log)
+        *c.log << "dnas: chosen " << detail::config_of(choices, start).to_string() << " ("
+               << 100 * detail::choices_cost(choices, start, costs, b.kind) / b.value
+               << "% of the budget), filled " << detail::config_of(choices, pick).to_string()
+               << " (" << 100 * detail::choices_cost(choices, pick, costs, b.kind) / b.value
+               << "%)\n";
+    }
     set_forced(pick);
     for (std::size_t l = 0; l < state_.size(); ++l)
       costs_.layers()[l]->weight.value() = state_[l].weights[forced_[l].first].value();
