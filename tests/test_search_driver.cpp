@@ -257,7 +257,7 @@ TEST_CASE("run: uniform policy through every phase, config and figures, JSON rou
     CHECK(fp->options().two_sided_layers == std::vector<std::size_t>{0});
     CHECK(fp->options().weights == nn::weight_quantizer::lsq);
     CHECK(fp->options().activations == nn::activation_quantizer::lsq);
-    CHECK_THROWS_AS(fp->alpha(0), value_error);  // no PACT alphas
+    CHECK_THROWS_AS(fp->alpha(0), mixq::value_error);  // no PACT alphas
     std::size_t warm = 0, fine = 0;
     for (const auto& e : r.epochs) (e.phase == "warmup" ? warm : fine) += 1;
     CHECK(warm == o.warmup_epochs);
