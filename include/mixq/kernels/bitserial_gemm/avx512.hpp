@@ -239,6 +239,40 @@ MIXQ_AVX512_BITSERIAL_TARGET __attribute__((noinline)) void bitserial_tile_whole
           sums[g][h] = sum;
         }
       }
+    if (rows >= G && n0 + 8 * H <= N) {
+      // Every row and output of the tile exists (all but the edge tiles): no lane masks, the
+      // pair weight hoisted. At K = 1024 this fold is a sixth of the tile's instructions.
+      const __m128i shift = _mm_cvtsi32_si128(pw.shift[0][0]);
+      const bool negate = uniform && pw.negative[0][0];
+#pragma GCC unroll 32
+      for (int g = 0; g < G; ++g) {
+        std::uint32_t* c = crow[g] + n0;
+        const __m512i rt = row_term != nullptr ? _mm512_set1_epi32(static_cast<int>(row_term[g]))
+                                               : _mm512_setzero_si512();
+#pragma GCC unroll 32
+        for (int h = 0; h < H; h += 2) {
+          const bool pair = h + 1 < H;
+          __m512i out = pair ? narrow_pair(sums[g][h], sums[g][h + 1])
+                             : narrow_pair(sums[g][h], _mm512_setzero_si512());
+          if constexpr (uniform) {
+            out = _mm512_maskz_sll_epi32(0xFFFF, out, shift);
+            if (negate) out = _mm512_sub_epi32(_mm512_setzero_si512(), out);
+          }
+          std::uint32_t* cn = c + 8 * h;
+          const __mmask16 lanes = pair ? __mmask16(0xFFFF) : __mmask16(0x00FF);
+          if (!first)
+            out = _mm512_add_epi32(out, _mm512_maskz_loadu_epi32(lanes, cn));
+          else if (row_term != nullptr)
+            out = _mm512_add_epi32(
+                out, _mm512_add_epi32(rt, _mm512_maskz_loadu_epi32(lanes, col_term + n0 + 8 * h)));
+          if (pair)
+            _mm512_storeu_si512(cn, out);
+          else
+            _mm512_mask_storeu_epi32(cn, lanes, out);
+        }
+      }
+      return;
+    }
 #pragma GCC unroll 32
     for (int g = 0; g < G; ++g) {
       if (g >= rows) break;
