@@ -154,15 +154,23 @@ inline void gemm_f32_blocked(sgemm_tile_fn tile, transpose ta, transpose tb, std
     const std::size_t nc = std::min(sgemm_nc, N - jc), npanels = (nc + NR - 1) / NR;
     for (std::size_t pc = 0; pc < K; pc += sgemm_kc) {
       const std::size_t kc = std::min(sgemm_kc, K - pc);
-      // Pack op(B)[pc.., jc..] as panels of kc x 32, zero past N.
-      bpack.assign(npanels * kc * NR, 0.0f);
-      for (std::size_t p = 0; p < npanels; ++p) {
-        float* dst = bpack.data() + p * kc * NR;
-        const std::size_t j0 = jc + p * NR, jn = std::min(NR, N - j0);
-        for (std::size_t k = 0; k < kc; ++k)
-          for (std::size_t j = 0; j < jn; ++j)
-            dst[k * NR + j] = bt ? B[(j0 + j) * ldb + pc + k] : B[(pc + k) * ldb + j0 + j];
-      }
+      // Pack op(B)[pc.., jc..] as panels of kc x 32, zero past N; the panels are split over the
+      // threads too (packed by one thread, B's packing held two threads to 1.4x one).
+      bpack.resize(npanels * kc * NR);
+      default_thread_pool().parallel_for(
+          npanels,
+          [&](std::size_t p0, std::size_t p1) {
+            for (std::size_t p = p0; p < p1; ++p) {
+              float* dst = bpack.data() + p * kc * NR;
+              const std::size_t j0 = jc + p * NR, jn = std::min(NR, N - j0);
+              for (std::size_t k = 0; k < kc; ++k) {
+                for (std::size_t j = 0; j < jn; ++j)
+                  dst[k * NR + j] = bt ? B[(j0 + j) * ldb + pc + k] : B[(pc + k) * ldb + j0 + j];
+                for (std::size_t j = jn; j < NR; ++j) dst[k * NR + j] = 0.0f;
+              }
+            }
+          },
+          threads);
       default_thread_pool().parallel_for(
           (M + MR - 1) / MR,
           [&](std::size_t t0, std::size_t t1) {
