@@ -151,20 +151,34 @@ inline void conv2d_gemm_and_correct(const conv2d_geometry& g, bitwidth at,
     std::vector<std::int64_t> by_tap(taps * C);
     for (std::size_t o = 0; o < C; ++o)
       for (std::size_t t = 0; t < taps; ++t) by_tap[t * C + o] = tap_sums[o * taps + t];
+    // Which kernel rows / columns fall inside the image for each output row / column: an output
+    // pixel needs a correction only when some row or column of its window is outside.
+    const std::size_t kh = g.kernel_h, kw = g.kernel_w;
+    std::vector<std::uint8_t> row_in(g.out_h * kh), col_in(g.out_w * kw), row_all(g.out_h, 1),
+        col_all(g.out_w, 1);
+    for (std::size_t oh = 0; oh < g.out_h; ++oh)
+      for (std::size_t ky = 0; ky < kh; ++ky) {
+        const std::ptrdiff_t y = g.in_y(oh, ky);
+        row_in[oh * kh + ky] = y >= 0 && y < std::ptrdiff_t(g.in_h);
+        row_all[oh] &= row_in[oh * kh + ky];
+      }
+    for (std::size_t ow = 0; ow < g.out_w; ++ow)
+      for (std::size_t kx = 0; kx < kw; ++kx) {
+        const std::ptrdiff_t x = g.in_x(ow, kx);
+        col_in[ow * kw + kx] = x >= 0 && x < std::ptrdiff_t(g.in_w);
+        col_all[ow] &= col_in[ow * kw + kx];
+      }
     std::vector<std::int64_t> border(C);
     for (std::size_t oh = 0; oh < g.out_h; ++oh)
       for (std::size_t ow = 0; ow < g.out_w; ++ow) {
-        bool any = false;
+        if (row_all[oh] && col_all[ow]) continue;
         std::fill(border.begin(), border.end(), 0);
-        for (std::size_t ky = 0; ky < g.kernel_h; ++ky)
-          for (std::size_t kx = 0; kx < g.kernel_w; ++kx) {
-            if (g.inside(g.in_y(oh, ky), g.in_x(ow, kx))) continue;
-            any = true;
-            const std::size_t t = ky * g.kernel_w + kx;
-            const std::int64_t* ts = by_tap.data() + t * C;
+        for (std::size_t ky = 0; ky < kh; ++ky)
+          for (std::size_t kx = 0; kx < kw; ++kx) {
+            if (row_in[oh * kh + ky] && col_in[ow * kw + kx]) continue;
+            const std::int64_t* ts = by_tap.data() + (ky * kw + kx) * C;
             for (std::size_t o = 0; o < C; ++o) border[o] += ts[o];
           }
-        if (!any) continue;
         for (std::size_t n = 0; n < g.batch; ++n) {
           std::uint32_t* row = o32 + ((n * g.out_h + oh) * g.out_w + ow) * C;
           for (std::size_t o = 0; o < C; ++o) row[o] += std::uint32_t(pad_delta * border[o]);
