@@ -11,6 +11,7 @@
 #include <ctime>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -206,14 +207,15 @@ std::vector<float> random_floats(std::size_t n) {
   return v;
 }
 
-void BM_gemm_f32(benchmark::State& state, std::size_t threads) {
+/// gemm_f32 on the active path, or on `path` (portable: the xsimd tile on this binary's batches).
+void BM_gemm_f32(benchmark::State& state, std::size_t threads, std::optional<mk::isa> path) {
   const std::size_t M = state.range(0), N = state.range(1), K = state.range(2);
   const auto A = random_floats(M * K), B = random_floats(N * K);
   std::vector<float> C(M * N);
   mk::set_num_threads(threads);
   for (auto _ : state) {
     mk::gemm_f32(mk::transpose::no, mk::transpose::yes, M, N, K, 1.0f, A.data(), K, B.data(), K,
-                 0.0f, C.data(), N);
+                 0.0f, C.data(), N, {threads, path});
     benchmark::DoNotOptimize(C.data());
   }
   mk::set_num_threads(1);
@@ -373,8 +375,11 @@ const bool registered = [] {
                     (std::string("bitserial_gemm/w1a1/") + mk::isa_name(path)).c_str(),
                     BM_bitserial_gemm, 1, 1, 1, path),
                 false);
-  apply_sizes(benchmark::RegisterBenchmark("gemm_f32", BM_gemm_f32, 1), big);
-  apply_sizes(benchmark::RegisterBenchmark("gemm_f32/threads2", BM_gemm_f32, 2), false, true);
+  apply_sizes(benchmark::RegisterBenchmark("gemm_f32", BM_gemm_f32, 1, std::nullopt), big);
+  apply_sizes(benchmark::RegisterBenchmark("gemm_f32/threads2", BM_gemm_f32, 2, std::nullopt),
+              false, true);
+  apply_sizes(benchmark::RegisterBenchmark("gemm_f32/portable", BM_gemm_f32, 1, mk::isa::portable),
+              false);
 #if defined(MIXQ_BENCH_OPENBLAS)
   apply_sizes(benchmark::RegisterBenchmark("openblas_sgemm", BM_openblas_sgemm), big);
 #endif

@@ -279,6 +279,8 @@ TEST_CASE("whole-output tiles and their tails: every qtype pair, N past several 
                         {bitwidth{3, true}, bitwidth{1, false}},
                         {bitwidth{1, true}, bitwidth{4, true}}}) {
     bad += check_shape(at, wt, 2, 33, 140000, fill::random, rng);  // two K blocks of 2048 words
+    // ... with full tiles (6 plane rows, 32 outputs) that add to C in the second K block.
+    bad += check_shape(at, wt, 7, 40, 140000, fill::random, rng);
     bad += check_shape(at, wt, 25, 96, 1000, fill::all_max, rng);
   }
   CHECK(bad == 0);

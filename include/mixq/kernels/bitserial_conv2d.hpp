@@ -5,9 +5,11 @@
 // multiplied by the bit-serial GEMM.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "mixq/core/error.hpp"
@@ -151,23 +153,59 @@ inline void conv2d_gemm_and_correct(const conv2d_geometry& g, bitwidth at,
     std::vector<std::int64_t> by_tap(taps * C);
     for (std::size_t o = 0; o < C; ++o)
       for (std::size_t t = 0; t < taps; ++t) by_tap[t * C + o] = tap_sums[o * taps + t];
+    // An output pixel's correction depends only on which kernel rows and which kernel columns of
+    // its window fall outside the image. Output rows (columns) with the same pattern form a
+    // class; the correction of each (row class, column class) is summed once, then added to
+    // every pixel of that class (most pixels are in the all-inside class and get nothing).
+    const std::size_t kh = g.kernel_h, kw = g.kernel_w;
+    auto classify = [](std::size_t outs, std::size_t k, auto inside) {
+      std::vector<std::vector<std::uint8_t>> patterns;
+      std::vector<std::size_t> cls(outs);
+      for (std::size_t o = 0; o < outs; ++o) {
+        std::vector<std::uint8_t> pat(k);
+        for (std::size_t t = 0; t < k; ++t) pat[t] = inside(o, t);
+        auto it = std::find(patterns.begin(), patterns.end(), pat);
+        cls[o] = std::size_t(it - patterns.begin());
+        if (it == patterns.end()) patterns.push_back(std::move(pat));
+      }
+      return std::pair{std::move(patterns), std::move(cls)};
+    };
+    const auto [row_pat, row_cls] = classify(g.out_h, kh, [&](std::size_t oh, std::size_t ky) {
+      const std::ptrdiff_t y = g.in_y(oh, ky);
+      return y >= 0 && y < std::ptrdiff_t(g.in_h);
+    });
+    const auto [col_pat, col_cls] = classify(g.out_w, kw, [&](std::size_t ow, std::size_t kx) {
+      const std::ptrdiff_t x = g.in_x(ow, kx);
+      return x >= 0 && x < std::ptrdiff_t(g.in_w);
+    });
+    const std::size_t ncol = col_pat.size();
+    // corrections[rc * ncol + cc]: pad_delta * the weight sums over that class's outside taps
+    // (empty for the all-inside class).
+    std::vector<std::vector<std::uint32_t>> corrections(row_pat.size() * ncol);
     std::vector<std::int64_t> border(C);
-    for (std::size_t oh = 0; oh < g.out_h; ++oh)
-      for (std::size_t ow = 0; ow < g.out_w; ++ow) {
-        bool any = false;
+    for (std::size_t rc = 0; rc < row_pat.size(); ++rc)
+      for (std::size_t cc = 0; cc < ncol; ++cc) {
         std::fill(border.begin(), border.end(), 0);
-        for (std::size_t ky = 0; ky < g.kernel_h; ++ky)
-          for (std::size_t kx = 0; kx < g.kernel_w; ++kx) {
-            if (g.inside(g.in_y(oh, ky), g.in_x(ow, kx))) continue;
+        bool any = false;
+        for (std::size_t ky = 0; ky < kh; ++ky)
+          for (std::size_t kx = 0; kx < kw; ++kx) {
+            if (row_pat[rc][ky] && col_pat[cc][kx]) continue;
             any = true;
-            const std::size_t t = ky * g.kernel_w + kx;
-            const std::int64_t* ts = by_tap.data() + t * C;
+            const std::int64_t* ts = by_tap.data() + (ky * kw + kx) * C;
             for (std::size_t o = 0; o < C; ++o) border[o] += ts[o];
           }
         if (!any) continue;
+        auto& corr = corrections[rc * ncol + cc];
+        corr.resize(C);
+        for (std::size_t o = 0; o < C; ++o) corr[o] = std::uint32_t(pad_delta * border[o]);
+      }
+    for (std::size_t oh = 0; oh < g.out_h; ++oh)
+      for (std::size_t ow = 0; ow < g.out_w; ++ow) {
+        const auto& corr = corrections[row_cls[oh] * ncol + col_cls[ow]];
+        if (corr.empty()) continue;
         for (std::size_t n = 0; n < g.batch; ++n) {
           std::uint32_t* row = o32 + ((n * g.out_h + oh) * g.out_w + ow) * C;
-          for (std::size_t o = 0; o < C; ++o) row[o] += std::uint32_t(pad_delta * border[o]);
+          for (std::size_t o = 0; o < C; ++o) row[o] += corr[o];
         }
       }
   }

@@ -13,6 +13,8 @@
 #include <immintrin.h>
 #endif
 
+#include <xsimd/xsimd.hpp>
+
 #include "mixq/core/aligned.hpp"
 #include "mixq/core/error.hpp"
 #include "mixq/kernels/bitserial_gemm/common.hpp"
@@ -60,15 +62,46 @@ namespace detail {
 inline constexpr std::size_t sgemm_mr = 12, sgemm_nr = 32, sgemm_kc = 256, sgemm_mc = 144,
                              sgemm_nc = 2048;
 
-/// C tile (ldc) += Ap (kc x 12, packed) * Bp (kc x 32, packed): the portable tile.
+/// C tile (ldc) += Ap (kc x 12, packed) * Bp (kc x 32, packed): the portable tile, on xsimd's
+/// batches of the architecture the translation unit is compiled for (SSE2 by default on x86-64,
+/// AVX2 / AVX-512 with -march flags, NEON on ARM). The 12 x 32 tile is walked as sub-tiles of
+/// 4 rows x 2 batches, so the accumulators fit the register file of every architecture (8 of
+/// SSE's or NEON's 16); Ap and Bp stay in L1 across the passes.
 inline void sgemm_tile_portable(std::size_t kc, const float* ap, const float* bp, float* c,
                                 std::size_t ldc) {
-  float acc[sgemm_mr][sgemm_nr] = {};
-  for (std::size_t k = 0; k < kc; ++k, ap += sgemm_mr, bp += sgemm_nr)
+  using batch = xsimd::batch<float>;
+  constexpr std::size_t S = batch::size, SR = 4, SB = 2;
+  static_assert(sgemm_nr % (S * SB) == 0 || S * SB > sgemm_nr);
+  if constexpr (S * SB > sgemm_nr) {  // batches wider than the tile: plain loops
+    float acc[sgemm_mr][sgemm_nr] = {};
+    for (std::size_t k = 0; k < kc; ++k, ap += sgemm_mr, bp += sgemm_nr)
+      for (std::size_t i = 0; i < sgemm_mr; ++i)
+        for (std::size_t j = 0; j < sgemm_nr; ++j) acc[i][j] += ap[i] * bp[j];
     for (std::size_t i = 0; i < sgemm_mr; ++i)
-      for (std::size_t j = 0; j < sgemm_nr; ++j) acc[i][j] += ap[i] * bp[j];
-  for (std::size_t i = 0; i < sgemm_mr; ++i)
-    for (std::size_t j = 0; j < sgemm_nr; ++j) c[i * ldc + j] += acc[i][j];
+      for (std::size_t j = 0; j < sgemm_nr; ++j) c[i * ldc + j] += acc[i][j];
+  } else {
+    for (std::size_t i0 = 0; i0 < sgemm_mr; i0 += SR)
+      for (std::size_t j0 = 0; j0 < sgemm_nr; j0 += S * SB) {
+        batch acc[SR][SB];
+        for (auto& row : acc)
+          for (auto& x : row) x = batch(0.0f);
+        const float* a = ap + i0;
+        const float* b = bp + j0;
+        for (std::size_t k = 0; k < kc; ++k, a += sgemm_mr, b += sgemm_nr) {
+          batch bv[SB];
+          for (std::size_t j = 0; j < SB; ++j) bv[j] = batch::load_unaligned(b + j * S);
+          for (std::size_t i = 0; i < SR; ++i) {
+            const batch av(a[i]);
+            for (std::size_t j = 0; j < SB; ++j) acc[i][j] = xsimd::fma(av, bv[j], acc[i][j]);
+          }
+        }
+        for (std::size_t i = 0; i < SR; ++i)
+          for (std::size_t j = 0; j < SB; ++j) {
+            float* ci = c + (i0 + i) * ldc + j0 + j * S;
+            (batch::load_unaligned(ci) + acc[i][j]).store_unaligned(ci);
+          }
+      }
+  }
 }
 
 #if defined(__x86_64__)
@@ -121,15 +154,23 @@ inline void gemm_f32_blocked(sgemm_tile_fn tile, transpose ta, transpose tb, std
     const std::size_t nc = std::min(sgemm_nc, N - jc), npanels = (nc + NR - 1) / NR;
     for (std::size_t pc = 0; pc < K; pc += sgemm_kc) {
       const std::size_t kc = std::min(sgemm_kc, K - pc);
-      // Pack op(B)[pc.., jc..] as panels of kc x 32, zero past N.
-      bpack.assign(npanels * kc * NR, 0.0f);
-      for (std::size_t p = 0; p < npanels; ++p) {
-        float* dst = bpack.data() + p * kc * NR;
-        const std::size_t j0 = jc + p * NR, jn = std::min(NR, N - j0);
-        for (std::size_t k = 0; k < kc; ++k)
-          for (std::size_t j = 0; j < jn; ++j)
-            dst[k * NR + j] = bt ? B[(j0 + j) * ldb + pc + k] : B[(pc + k) * ldb + j0 + j];
-      }
+      // Pack op(B)[pc.., jc..] as panels of kc x 32, zero past N; the panels are split over the
+      // threads too (packed by one thread, B's packing held two threads to 1.4x one).
+      bpack.resize(npanels * kc * NR);
+      default_thread_pool().parallel_for(
+          npanels,
+          [&](std::size_t p0, std::size_t p1) {
+            for (std::size_t p = p0; p < p1; ++p) {
+              float* dst = bpack.data() + p * kc * NR;
+              const std::size_t j0 = jc + p * NR, jn = std::min(NR, N - j0);
+              for (std::size_t k = 0; k < kc; ++k) {
+                for (std::size_t j = 0; j < jn; ++j)
+                  dst[k * NR + j] = bt ? B[(j0 + j) * ldb + pc + k] : B[(pc + k) * ldb + j0 + j];
+                for (std::size_t j = jn; j < NR; ++j) dst[k * NR + j] = 0.0f;
+              }
+            }
+          },
+          threads);
       default_thread_pool().parallel_for(
           (M + MR - 1) / MR,
           [&](std::size_t t0, std::size_t t1) {
