@@ -35,31 +35,20 @@ struct interleaved_planes {
   const std::uint64_t* row(std::size_t v) const noexcept { return data.data() + v * words * 8; }
 };
 
-inline interleaved_planes interleave_by_8(const bitplane_view& W, std::size_t threads) {
+inline interleaved_planes interleave_by_8(const bitplane_view& W) {
   interleaved_planes p;
   const std::size_t blocks = (W.rows + 7) / 8, bits = W.type.bits;
   p.vector_rows = blocks * bits;
   p.words = W.words_per_plane;
-  p.data.resize(p.vector_rows * p.words * 8);
-  // Split over the threads too: done by the calling thread alone, it held two threads at 1.74x
-  // one on a 1x1 1024^3 GEMM.
-  default_thread_pool().parallel_for(
-      blocks,
-      [&](std::size_t b0, std::size_t b1) {
-        for (std::size_t b = b0; b < b1; ++b)
-          for (std::size_t j = 0; j < bits; ++j) {
-            std::uint64_t* dst = p.data.data() + (b * bits + j) * p.words * 8;
-            for (std::size_t l = 0; l < 8; ++l) {
-              if (b * 8 + l >= W.rows) {  // rows past N are zero
-                for (std::size_t k = 0; k < p.words; ++k) dst[k * 8 + l] = 0;
-                continue;
-              }
-              const std::uint64_t* src = W.plane_row((b * 8 + l) * bits + j);
-              for (std::size_t k = 0; k < p.words; ++k) dst[k * 8 + l] = src[k];
-            }
-          }
-      },
-      threads);
+  p.data.assign(p.vector_rows * p.words * 8, 0);
+  for (std::size_t b = 0; b < blocks; ++b)
+    for (std::size_t j = 0; j < bits; ++j) {
+      std::uint64_t* dst = p.data.data() + (b * bits + j) * p.words * 8;
+      for (std::size_t l = 0; l < 8 && b * 8 + l < W.rows; ++l) {
+        const std::uint64_t* src = W.plane_row((b * 8 + l) * bits + j);
+        for (std::size_t k = 0; k < p.words; ++k) dst[k * 8 + l] = src[k];
+      }
+    }
   return p;
 }
 
@@ -377,7 +366,7 @@ MIXQ_AVX512_BITSERIAL_TARGET inline void run_bitserial_gemm_avx512(const bitplan
     return;
   }
   const std::size_t ba = A.type.bits, bw = W.type.bits;
-  const interleaved_planes Wi = interleave_by_8(W, threads);
+  const interleaved_planes Wi = interleave_by_8(W);
   const std::size_t RA = M * ba, RV = Wi.vector_rows, wstride = Wi.words * 8;
   // Binary operands' offset terms are added where C is first written, not in a pass of their own.
   const offset_terms offsets = make_offset_terms(A, W);
