@@ -2,9 +2,11 @@
 // every pair of the 16 qtypes, ragged shapes, extreme codes, threads, and bad inputs.
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <cstdint>
 #include <random>
 #include <span>
+#include <thread>
 #include <vector>
 
 #include "mixq/core/aligned.hpp"
@@ -261,6 +263,34 @@ TEST_CASE("thread pool survives resizing between tasks") {
     });
     for (int h : hits) CHECK(h == 1);
   }
+}
+
+TEST_CASE("thread pool: back-to-back tasks with and without the spin wait") {
+  // Workers poll for the next task for spin_wait() before sleeping: tasks that follow at once
+  // (spinning workers), after a pause longer than the spin (sleeping workers) and with the
+  // spin off must each cover every index once, and a pool must stop while its workers spin.
+  for (auto spin : {std::chrono::microseconds(0), std::chrono::microseconds(200),
+                    std::chrono::microseconds(20000)}) {
+    mk::thread_pool pool(2);
+    pool.set_spin_wait(spin);
+    CHECK(pool.spin_wait() == spin);
+    std::vector<int> hits(64, 0);
+    for (int round = 0; round < 200; ++round) {
+      if (round % 50 == 49) std::this_thread::sleep_for(std::chrono::microseconds(500));
+      pool.parallel_for(hits.size(), [&](std::size_t b, std::size_t e) {
+        for (std::size_t i = b; i < e; ++i) ++hits[i];
+      });
+    }
+    for (int h : hits) CHECK(h == 200);
+    CHECK_THROWS_AS(pool.parallel_for(4,
+                                      [](std::size_t b, std::size_t) {
+                                        if (b != 0) throw mixq::shape_error("worker");
+                                      }),
+                    mixq::shape_error);
+  }  // destroyed right after a task: the spinning worker must see stop and exit
+  mk::thread_pool pool(2);
+  pool.set_spin_wait(std::chrono::microseconds(-5));  // negative means no spin
+  CHECK(pool.spin_wait() == std::chrono::nanoseconds(0));
 }
 
 TEST_CASE("whole-output tiles and their tails: every qtype pair, N past several 32-output tiles") {

@@ -71,37 +71,30 @@ inline void sgemm_tile_portable(std::size_t kc, const float* ap, const float* bp
                                 std::size_t ldc) {
   using batch = xsimd::batch<float>;
   constexpr std::size_t S = batch::size, SR = 4, SB = 2;
-  static_assert(sgemm_nr % (S * SB) == 0 || S * SB > sgemm_nr);
-  if constexpr (S * SB > sgemm_nr) {  // batches wider than the tile: plain loops
-    float acc[sgemm_mr][sgemm_nr] = {};
-    for (std::size_t k = 0; k < kc; ++k, ap += sgemm_mr, bp += sgemm_nr)
-      for (std::size_t i = 0; i < sgemm_mr; ++i)
-        for (std::size_t j = 0; j < sgemm_nr; ++j) acc[i][j] += ap[i] * bp[j];
-    for (std::size_t i = 0; i < sgemm_mr; ++i)
-      for (std::size_t j = 0; j < sgemm_nr; ++j) c[i * ldc + j] += acc[i][j];
-  } else {
-    for (std::size_t i0 = 0; i0 < sgemm_mr; i0 += SR)
-      for (std::size_t j0 = 0; j0 < sgemm_nr; j0 += S * SB) {
-        batch acc[SR][SB];
-        for (auto& row : acc)
-          for (auto& x : row) x = batch(0.0f);
-        const float* a = ap + i0;
-        const float* b = bp + j0;
-        for (std::size_t k = 0; k < kc; ++k, a += sgemm_mr, b += sgemm_nr) {
-          batch bv[SB];
-          for (std::size_t j = 0; j < SB; ++j) bv[j] = batch::load_unaligned(b + j * S);
-          for (std::size_t i = 0; i < SR; ++i) {
-            const batch av(a[i]);
-            for (std::size_t j = 0; j < SB; ++j) acc[i][j] = xsimd::fma(av, bv[j], acc[i][j]);
-          }
+  // Every xsimd 8.1 architecture has at most 16 floats per batch (AVX-512), so the 32-wide
+  // tile is a whole number of 2-batch sub-tiles.
+  static_assert(sgemm_nr % (S * SB) == 0, "a batch wider than 16 floats needs a wider tile");
+  for (std::size_t i0 = 0; i0 < sgemm_mr; i0 += SR)
+    for (std::size_t j0 = 0; j0 < sgemm_nr; j0 += S * SB) {
+      batch acc[SR][SB];
+      for (auto& row : acc)
+        for (auto& x : row) x = batch(0.0f);
+      const float* a = ap + i0;
+      const float* b = bp + j0;
+      for (std::size_t k = 0; k < kc; ++k, a += sgemm_mr, b += sgemm_nr) {
+        batch bv[SB];
+        for (std::size_t j = 0; j < SB; ++j) bv[j] = batch::load_unaligned(b + j * S);
+        for (std::size_t i = 0; i < SR; ++i) {
+          const batch av(a[i]);
+          for (std::size_t j = 0; j < SB; ++j) acc[i][j] = xsimd::fma(av, bv[j], acc[i][j]);
         }
-        for (std::size_t i = 0; i < SR; ++i)
-          for (std::size_t j = 0; j < SB; ++j) {
-            float* ci = c + (i0 + i) * ldc + j0 + j * S;
-            (batch::load_unaligned(ci) + acc[i][j]).store_unaligned(ci);
-          }
       }
-  }
+      for (std::size_t i = 0; i < SR; ++i)
+        for (std::size_t j = 0; j < SB; ++j) {
+          float* ci = c + (i0 + i) * ldc + j0 + j * S;
+          (batch::load_unaligned(ci) + acc[i][j]).store_unaligned(ci);
+        }
+    }
 }
 
 #if defined(__x86_64__)

@@ -1,17 +1,25 @@
 // A small reusable thread pool (no OpenMP): `parallel_for(n, f)` splits [0, n) into one
 // contiguous range per thread and calls f(begin, end). The library's pool is shared by the
 // kernels; its size is set with set_num_threads(n) (1 by default, so figures are single-core
-// unless asked otherwise).
+// unless asked otherwise). Idle workers spin briefly before sleeping (set_spin_wait), so
+// back-to-back calls (the layers of a network) do not pay a futex wake-up each.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "mixq/core/error.hpp"
 
@@ -27,6 +35,16 @@ class thread_pool {
 
   std::size_t size() const noexcept { return workers_.size() + 1; }
 
+  /// How long an idle worker (and the caller waiting for the workers) polls before sleeping
+  /// on a condition variable; 0 sleeps at once. Default 200 us: a wake-up through the kernel
+  /// costs tens of microseconds on a VM, a sizeable part of a sub-millisecond GEMM.
+  void set_spin_wait(std::chrono::nanoseconds d) noexcept {
+    spin_ns_.store(std::max<std::int64_t>(0, d.count()), std::memory_order_relaxed);
+  }
+  std::chrono::nanoseconds spin_wait() const noexcept {
+    return std::chrono::nanoseconds(spin_ns_.load(std::memory_order_relaxed));
+  }
+
   /// Sets the number of threads (value_error for 0). Not to be called while work runs.
   void resize(std::size_t threads) {
     if (threads == 0) throw value_error("thread_pool: 0 threads requested, expected at least 1");
@@ -35,7 +53,7 @@ class thread_pool {
     stop_ = false;
     // New workers start from the current generation, so they wait for the next task.
     for (std::size_t t = 1; t < threads; ++t)
-      workers_.emplace_back([this, t, g = generation_] { worker_loop(t, g); });
+      workers_.emplace_back([this, t, g = generation_.load()] { worker_loop(t, g); });
   }
 
   /// Calls f(begin, end) on disjoint ranges covering [0, n), at most `max_threads` of them
@@ -59,14 +77,15 @@ class thread_pool {
       n_ = n;
       grain_ = grain;
       parts_ = parts;
-      pending_ = parts - 1;
+      pending_.store(parts - 1);
       error_ = nullptr;
-      ++generation_;
+      generation_.fetch_add(1);
     }
     wake_.notify_all();
     run_part(0);
+    spin_until([&] { return pending_.load() == 0; });
     std::unique_lock g(mutex_);
-    done_.wait(g, [&] { return pending_ == 0; });
+    done_.wait(g, [&] { return pending_.load() == 0; });
     task_ = nullptr;
     if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
   }
@@ -95,18 +114,42 @@ class thread_pool {
     inside_task() = false;
   }
 
+  /// Polls `ready` for up to spin_wait(); true if it became true.
+  template <class Ready>
+  bool spin_until(Ready ready) const {
+    const std::int64_t limit = spin_ns_.load(std::memory_order_relaxed);
+    if (limit == 0) return ready();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (unsigned i = 1;; ++i) {
+      if (ready()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+      _mm_pause();
+#endif
+      if (i % 64 == 0 && std::chrono::duration_cast<std::chrono::nanoseconds>(
+                             std::chrono::steady_clock::now() - t0)
+                                 .count() > limit)
+        return ready();
+    }
+  }
+
   void worker_loop(std::size_t index, std::size_t seen) {
     for (;;) {
+      // Poll first: the next task usually follows the last within microseconds.
+      spin_until([&] { return stop_.load() || generation_.load() != seen; });
       {
         std::unique_lock g(mutex_);
-        wake_.wait(g, [&] { return stop_ || generation_ != seen; });
+        wake_.wait(g, [&] { return stop_.load() || generation_.load() != seen; });
         if (stop_) return;
-        seen = generation_;
+        seen = generation_.load();
         if (index >= parts_) continue;
       }
       run_part(index);
-      std::lock_guard g(mutex_);
-      if (--pending_ == 0) done_.notify_one();
+      // The caller may be polling pending_ rather than waiting on done_; notify under the
+      // mutex so a caller that checked pending_ just before sleeping is not missed.
+      if (pending_.fetch_sub(1) == 1) {
+        std::lock_guard g(mutex_);
+        done_.notify_one();
+      }
     }
   }
 
@@ -124,8 +167,10 @@ class thread_pool {
   std::mutex run_mutex_, mutex_;
   std::condition_variable wake_, done_;
   const std::function<void(std::size_t, std::size_t)>* task_ = nullptr;
-  std::size_t n_ = 0, grain_ = 1, parts_ = 0, pending_ = 0, generation_ = 0;
-  bool stop_ = false;
+  std::size_t n_ = 0, grain_ = 1, parts_ = 0;
+  std::atomic<std::size_t> pending_ = 0, generation_ = 0;
+  std::atomic<bool> stop_ = false;
+  std::atomic<std::int64_t> spin_ns_ = 200'000;
   std::exception_ptr error_;
 };
 

@@ -247,8 +247,10 @@ MIXQ_AVX512_BITSERIAL_TARGET __attribute__((noinline)) void bitserial_tile_whole
 #pragma GCC unroll 32
       for (int g = 0; g < G; ++g) {
         std::uint32_t* c = crow[g] + n0;
-        const __m512i rt = row_term != nullptr ? _mm512_set1_epi32(static_cast<int>(row_term[g]))
-                                               : _mm512_setzero_si512();
+        // The row's offset term is only added where C is first written.
+        const __m512i rt = first && row_term != nullptr
+                               ? _mm512_set1_epi32(static_cast<int>(row_term[g]))
+                               : _mm512_setzero_si512();
 #pragma GCC unroll 32
         for (int h = 0; h < H; h += 2) {
           const bool pair = h + 1 < H;
