@@ -2,8 +2,9 @@
 """Reads bench_gemm's JSON output (run with --benchmark_repetitions=N, aggregates or not) and
 prints issue 4's target ratios from that one run: bit-serial against the AND-popcount ceiling
 and against oneDNN u8s8s32, mixq's int8 and FP32 against oneDNN, two threads against one.
-Medians over the repetitions (CPU time for one thread, wall time for two), and the best
-repetition beside them: on a shared VM the memory-bound kernels slow down when neighbours are
+Medians over the repetitions (CPU time for one thread, wall time for two), the best
+repetition beside them, and "/now": the median of the ratios to the ceiling loop re-measured
+right after each repetition (immune to the core's clock drifting over the run): on a shared VM the memory-bound kernels slow down when neighbours are
 busy while the register-only ceiling loop does not, so the best run is the closer estimate of
 what the kernel does on an idle core.
 
@@ -21,6 +22,7 @@ def load(path, size):
     with open(path) as f:
         data = json.load(f)
     times = collections.defaultdict(list)  # run name -> seconds per call, one per repetition
+    ratios = collections.defaultdict(list)  # run name -> ratio to the ceiling measured with it
     ceiling = []
     for b in data["benchmarks"]:
         if b.get("run_type") != "iteration" or b.get("error_occurred"):
@@ -34,14 +36,16 @@ def load(path, size):
         unit = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b.get("time_unit", "ns")]
         t = b["real_time"] if "threads2" in name else b["cpu_time"]
         times[name.split("/M:")[0]].append(t * unit)
-    return times, ceiling
+        if "ceiling_ratio" in b:
+            ratios[name.split("/M:")[0]].append(float(b["ceiling_ratio"]))
+    return times, ratios, ceiling
 
 
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     size = int(sys.argv[sys.argv.index("--size") + 1]) if "--size" in sys.argv else 1024
-    times, ceiling = load(sys.argv[1], size)
+    times, ratios, ceiling = load(sys.argv[1], size)
     if not times:
         sys.exit(f"no M:{size} runs in {sys.argv[1]}")
     macs = float(size) ** 3
@@ -55,8 +59,8 @@ def main():
     ceil = statistics.median(ceiling) if ceiling else None
     dnnl8 = med("dnnl_gemm_u8s8s32")
     print(f"M=N=K={size}; ceiling {ceil / 1e12:.2f} T bit-MAC/s" if ceil else f"M=N=K={size}")
-    print(f"{'pair':6} {'bit-MAC/s':>10} {'/ceiling':>9} {'best':>6} {'x oneDNN int8':>14} "
-          f"{'2 threads':>10}")
+    print(f"{'pair':6} {'bit-MAC/s':>10} {'/ceiling':>9} {'best':>6} {'/now':>6} "
+          f"{'x oneDNN int8':>14} {'2 threads':>10}")
     for p in PAIRS:
         k = f"bitserial_gemm/{p}"
         if k not in times:
@@ -65,6 +69,8 @@ def main():
         rate = macs * w * a / med(k)
         row = f"{p:6} {rate / 1e12:8.2f} T"
         row += f" {rate / ceil:9.2f} {macs * w * a / best(k) / ceil:6.2f}" if ceil else " " * 17
+        # The ceiling loop re-measured right after each repetition (bench_gemm's ceiling_ratio).
+        row += f" {statistics.median(ratios[k]):6.2f}" if ratios.get(k) else " " * 7
         row += f" {dnnl8 / med(k):13.2f}x" if dnnl8 else " " * 15
         t2 = med(f"bitserial_gemm/{p}/threads2")
         row += f" {med(k) / t2:9.2f}x" if t2 else ""
