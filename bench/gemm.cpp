@@ -177,10 +177,12 @@ void BM_bitserial_gemm(benchmark::State& state, int wbits, int abits, std::size_
   set_rates(state, double(M) * N * K, double(wbits) * abits, s);
 }
 
-/// Activation packing (M x K codes of quint<AB> to bit planes) alone, or packing plus the
-/// bit-serial GEMM against weights packed once (the end-to-end cost of a layer call).
+/// Activation packing (M x K codes of quint<AB> to bit planes) alone, with kernels::pack_bitplanes
+/// or (reference) bitplane_matrix::pack, or packing plus the bit-serial GEMM against weights
+/// packed once (the end-to-end cost of a layer call; the planes' storage is reused).
 template <int AB>
-void BM_pack_gemm(benchmark::State& state, int wbits, bool with_gemm) {
+void BM_pack_gemm(benchmark::State& state, int wbits, bool with_gemm, bool reference) {
+  using AQ = mixq::quint<AB>;
   const std::size_t M = state.range(0), N = state.range(1), K = state.range(2);
   std::mt19937_64 rng(4);
   std::vector<std::uint8_t> codes(M * K);
@@ -188,9 +190,13 @@ void BM_pack_gemm(benchmark::State& state, int wbits, bool with_gemm) {
   const random_planes W({wbits, true}, N, K, rng);
   std::vector<std::int32_t> C(M * N);
   const mk::gemm_options opt{1, mk::best_isa()};
+  mixq::bitplane_matrix<AQ> A;
   const double t0 = thread_seconds();
   for (auto _ : state) {
-    const auto A = mixq::bitplane_matrix<mixq::quint<AB>>::pack(codes, M, K);
+    if (reference)
+      A = mixq::bitplane_matrix<AQ>::pack(codes, M, K);
+    else
+      mk::pack_bitplanes<AQ>(std::span<const std::uint8_t>(codes), M, K, A, opt);
     if (with_gemm)
       mk::bitserial_gemm(mk::bitplane_view(A), W.view(), std::span<std::int32_t>(C), opt);
     benchmark::DoNotOptimize(A.data());
@@ -352,12 +358,15 @@ const bool registered = [] {
   // Packing of the activations alone, then packing + GEMM (weights packed once, outside).
   for (auto [w, a] : std::initializer_list<std::pair<int, int>>{{1, 1}, {1, 2}, {2, 2}, {4, 4}}) {
     const std::string tag = "/w" + std::to_string(w) + "a" + std::to_string(a);
-    auto reg = [&](const std::string& name, bool with_gemm) {
+    auto reg = [&](const std::string& name, bool with_gemm, bool reference) {
       auto fn = a == 1 ? &BM_pack_gemm<1> : a == 2 ? &BM_pack_gemm<2> : &BM_pack_gemm<4>;
-      apply_sizes(benchmark::RegisterBenchmark(name.c_str(), fn, w, with_gemm), false);
+      apply_sizes(benchmark::RegisterBenchmark(name.c_str(), fn, w, with_gemm, reference), false);
     };
-    if (w == a) reg("pack_activations/a" + std::to_string(a), false);
-    reg("bitserial_gemm_with_packing" + tag, true);
+    if (w == a) {
+      reg("pack_activations/a" + std::to_string(a), false, false);
+      reg("pack_activations/a" + std::to_string(a) + "/reference", false, true);
+    }
+    reg("bitserial_gemm_with_packing" + tag, true, false);
   }
   for (auto [w, a] : pairs) {
     const std::string tag = "/w" + std::to_string(w) + "a" + std::to_string(a);

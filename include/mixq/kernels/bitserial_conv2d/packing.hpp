@@ -22,6 +22,7 @@
 #include "mixq/kernels/bitserial_conv2d/reference.hpp"
 #include "mixq/kernels/bitserial_gemm/common.hpp"
 #include "mixq/kernels/isa.hpp"
+#include "mixq/kernels/pack_bitplanes.hpp"
 #include "mixq/kernels/thread_pool.hpp"
 
 namespace mixq::kernels {
@@ -125,56 +126,6 @@ template <quantized_type AT>
                                       AT::is_binary ? " (only -1 or +1)" : ""));
 }
 
-/// Checks n codes and writes their AT::bits planes (words each, zero-padded) at dst.
-template <quantized_type AT>
-void pack_codes_portable(const typename AT::storage_type* src, std::size_t n, std::uint64_t* dst,
-                         std::size_t words, std::size_t base_index) {
-  for (int p = 0; p < AT::bits; ++p) std::memset(dst + p * words, 0, words * 8);
-  for (std::size_t c = 0; c < n; ++c) {
-    const int v = src[c];
-    if (!AT::contains(v)) throw_bad_activation<AT>(base_index + c, v);
-    const unsigned code = AT::encode(v);
-    for (int p = 0; p < AT::bits; ++p)
-      dst[p * words + c / 64] |= std::uint64_t((code >> p) & 1u) << (c % 64);
-  }
-}
-
-#if defined(__x86_64__)
-/// The same with AVX-512 BW: 64 codes per step, one mask compare per plane.
-template <quantized_type AT>
-__attribute__((target("avx512f,avx512bw"))) void pack_codes_avx512(
-    const typename AT::storage_type* src, std::size_t n, std::uint64_t* dst, std::size_t words,
-    std::size_t base_index) {
-  const __m512i zero = _mm512_setzero_si512();
-  for (std::size_t w = 0; w < words; ++w) {
-    const std::size_t c0 = w * 64;
-    const std::size_t cnt = c0 < n ? std::min<std::size_t>(64, n - c0) : 0;
-    const __mmask64 live = cnt == 64 ? ~__mmask64(0) : ((__mmask64(1) << cnt) - 1);
-    const __m512i v = _mm512_maskz_loadu_epi8(live, src + c0);
-    __mmask64 bad;
-    if constexpr (AT::is_binary)
-      bad = _mm512_mask_cmpneq_epi8_mask(live, _mm512_abs_epi8(v),
-                                         _mm512_set1_epi8(1));  // only +-1 allowed
-    else if constexpr (AT::is_signed)
-      bad = _mm512_mask_cmpgt_epi8_mask(live, v, _mm512_set1_epi8(char(AT::max))) |
-            _mm512_mask_cmplt_epi8_mask(live, v, _mm512_set1_epi8(char(AT::min)));
-    else
-      bad = _mm512_mask_cmpgt_epu8_mask(live, v, _mm512_set1_epi8(char(AT::max)));
-    if (bad) {
-      const std::size_t at = c0 + std::size_t(__builtin_ctzll(bad));
-      throw_bad_activation<AT>(base_index + at, int(src[at]));
-    }
-    if constexpr (AT::is_binary) {
-      dst[w] = _mm512_mask_cmpgt_epi8_mask(live, v, zero);
-    } else {
-      // Bit p of the two's complement byte is bit p of the code for p < bits.
-      for (int p = 0; p < AT::bits; ++p)
-        dst[p * words + w] = _mm512_mask_test_epi8_mask(live, v, _mm512_set1_epi8(char(1 << p)));
-    }
-  }
-}
-#endif
-
 /// ORs the low `nbits` bits of src (higher bits zero) into dst at bit offset `off`, never
 /// touching words at or past dst_words.
 inline void or_bits_at(std::uint64_t* dst, std::size_t dst_words, const std::uint64_t* src,
@@ -188,12 +139,6 @@ inline void or_bits_at(std::uint64_t* dst, std::size_t dst_words, const std::uin
     dst[base + i] |= src[i] << s;
     if (base + i + 1 < dst_words) dst[base + i + 1] |= src[i] >> (64 - s);
   }
-}
-
-inline bool use_avx512_packing(const gemm_options& o) {
-  const isa path = o.path.value_or(active_isa());
-  const cpu_features& f = detected_cpu_features();
-  return path == isa::avx512_vpopcntdq && f.avx512f && f.avx512bw;
 }
 
 }  // namespace detail
@@ -218,7 +163,7 @@ void pack_conv_activations(std::span<const typename AT::storage_type> input,
 
   // Fragments: [pixel][group][plane][frag_words].
   aligned_vector<std::uint64_t> frag(in_pixels * g.groups * B * frag_words);
-  const bool vec = detail::use_avx512_packing(options);
+  const isa path = detail::packing_isa(options);
   thread_pool& pool = default_thread_pool();
   pool.parallel_for(
       in_pixels,
@@ -227,17 +172,12 @@ void pack_conv_activations(std::span<const typename AT::storage_type> input,
           for (std::size_t grp = 0; grp < g.groups; ++grp) {
             const std::size_t first = px * g.in_c + grp * cin_g;
             std::uint64_t* dst = frag.data() + (px * g.groups + grp) * B * frag_words;
-#if defined(__x86_64__)
-            if (vec) {
-              detail::pack_codes_avx512<AT>(input.data() + first, cin_g, dst, frag_words, first);
-              continue;
-            }
-#endif
-            detail::pack_codes_portable<AT>(input.data() + first, cin_g, dst, frag_words, first);
+            detail::pack_codes<AT>(
+                path, input.data() + first, cin_g, dst, frag_words,
+                [&](std::size_t i, int v) { detail::throw_bad_activation<AT>(first + i, v); });
           }
       },
       options.num_threads);
-  (void)vec;
 
   pool.parallel_for(
       M,
