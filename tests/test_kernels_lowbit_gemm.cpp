@@ -192,12 +192,12 @@ TEST_CASE("kernel tables: default, text and file round trip, bad files, calibrat
 TEST_CASE("packed_int8_weights: packed once, reused across calls, every path") {
   std::mt19937_64 rng(12);
   int bad = 0;
-  // N = 83: one full 4-block AVX-512 tile plus tails; K = 2100: two K blocks of 512 groups.
+  // N = 83: one full 4-block AVX-512 tile plus tails; K = 4200: two K blocks (1024 + 26 groups).
   for (auto [at, wt] : {std::pair{bitwidth{4, false}, bitwidth{4, true}},
                         {bitwidth{8, true}, bitwidth{8, false}},
                         {bitwidth{3, true}, bitwidth{1, true}},
                         {bitwidth{8, false}, bitwidth{2, false}}})
-    for (std::size_t K : {std::size_t(131), std::size_t(2100)}) {
+    for (std::size_t K : {std::size_t(131), std::size_t(4200)}) {
       const std::size_t N = 83;
       const operand W(wt, N, K, 0, rng);
       const auto packed = mk::packed_int8_weights::pack(W.view());
@@ -225,7 +225,7 @@ TEST_CASE("packed_int8_weights: packed once, reused across calls, every path") {
 
 TEST_CASE("packed_int8_weights from bytes: gemm_u8s8s32 with strides, kernels per path") {
   std::mt19937 rng(13);
-  for (auto [M, N, K] : {std::array<std::size_t, 3>{13, 83, 2100}, {7, 16, 8}, {1, 33, 5}}) {
+  for (auto [M, N, K] : {std::array<std::size_t, 3>{13, 83, 4200}, {7, 16, 8}, {1, 33, 5}}) {
     const std::size_t lda = K + 5, ldw = K + 2, ldc = N + 1;
     std::vector<std::uint8_t> A(M * lda);
     std::vector<std::int8_t> W(N * ldw);
