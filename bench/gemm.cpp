@@ -353,7 +353,7 @@ const bool registered = [] {
         big && w * a <= 4);
     apply_sizes(benchmark::RegisterBenchmark((name + "/threads2").c_str(), BM_bitserial_gemm, w, a,
                                              2, mk::best_isa()),
-                false, true);
+                big && w * a <= 4, true);
   }
   // Packing of the activations alone, then packing + GEMM (weights packed once, outside).
   for (auto [w, a] : std::initializer_list<std::pair<int, int>>{{1, 1}, {1, 2}, {2, 2}, {4, 4}}) {
