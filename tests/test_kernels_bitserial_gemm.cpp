@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <random>
 #include <span>
 #include <thread>
@@ -181,6 +182,40 @@ TEST_CASE("larger shapes, K = 4097, two threads") {
     bad += check_shape(at, wt, 3, 29, 4097, fill::all_max, rng, 0);
     bad += check_shape(at, wt, 40, 33, 1000, fill::random, rng, 2);
   }
+  mk::set_num_threads(1);
+  CHECK(bad == 0);
+}
+
+TEST_CASE("three threads: every qtype pair, rows split and W blocks split, uneven shares") {
+  // Each part interleaves its share of W's 8-row blocks and fills its share of the binary
+  // offset terms before any part multiplies: with 3 parts the shares are uneven, and a part
+  // may have no W block (N = 20: 3 blocks) or no rows (M = 2).
+  std::mt19937 rng(8);
+  mk::set_num_threads(3);
+  int bad = 0;
+  for (bitwidth at : all_bitwidths())
+    for (bitwidth wt : all_bitwidths()) {
+      bad += check_shape(at, wt, 50, 20, 300, fill::random, rng, 3);  // M >= N: rows split
+      bad += check_shape(at, wt, 2, 70, 130, fill::random, rng, 3);   // M < N: W blocks split
+    }
+  mk::set_num_threads(1);
+  CHECK(bad == 0);
+}
+
+TEST_CASE("a GEMM called from inside a pool task runs its parts serially") {
+  // Nested parallel_for calls run all parts on the calling thread: the parts' barrier must
+  // not wait for threads that never come.
+  mk::set_num_threads(2);
+  int bad = 0;
+  std::mutex m;
+  mk::default_thread_pool().parallel_for(2, [&](std::size_t b, std::size_t e) {
+    for (std::size_t i = b; i < e; ++i) {
+      std::mt19937 local(static_cast<unsigned>(i));
+      const int r = check_shape({1, true}, {2, false}, 30, 9 + 40 * i, 200, fill::random, local, 2);
+      std::lock_guard g(m);
+      bad += r;
+    }
+  });
   mk::set_num_threads(1);
   CHECK(bad == 0);
 }
