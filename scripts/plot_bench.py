@@ -7,6 +7,7 @@ No third-party packages: the SVG is written by hand.
 """
 import json
 import re
+import statistics
 import sys
 
 PAIRS = ["w1a1", "w1a2", "w2a2", "w2a4", "w4a4", "w8a8"]
@@ -16,17 +17,24 @@ COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17
 def load(path, size):
     with open(path) as f:
         data = json.load(f)
-    lines = {}  # kernel -> {pair: MAC/s}
+    runs = {}  # (kernel, pair or None) -> MAC/s of each repetition
     for b in data["benchmarks"]:
         name = b.get("run_name", b["name"])
+        # Repetitions only: aggregate rows (mean, median, stddev, cv) share the run name, and
+        # their "MAC/s" is a statistic of the rate, not a rate.
+        if b.get("run_type", "iteration") != "iteration":
+            continue
         if f"M:{size}/" not in name or "MAC/s" not in b or b.get("error_occurred") or "threads2" in name:
             continue
         kernel = name.split("/M:")[0]
         m = re.search(r"/(w\d+a\d+)", kernel)
-        rate = float(b["MAC/s"])
-        if m:  # per-pair kernels
-            base = kernel.replace("/" + m.group(1), "")
-            lines.setdefault(base, {})[m.group(1)] = rate
+        key = (kernel.replace("/" + m.group(1), ""), m.group(1)) if m else (kernel, None)
+        runs.setdefault(key, []).append(float(b["MAC/s"]))
+    lines = {}  # kernel -> {pair: median MAC/s}
+    for (kernel, pair), rates in runs.items():
+        rate = statistics.median(rates)
+        if pair:  # per-pair kernels
+            lines.setdefault(kernel, {})[pair] = rate
         else:  # pair-independent baselines (float, int8): flat lines
             lines.setdefault(kernel, {}).update({p: rate for p in PAIRS})
     return lines
