@@ -7,12 +7,9 @@
 #pragma once
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
-#include <memory>
-#include <new>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -31,42 +28,28 @@ namespace mixq::kernels::detail {
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq")))
 
 /// W interleaved by 8 rows: vector row v = (n / 8) * bits + plane holds, for each 64-bit word k
-/// of K, the words of rows 8 (n / 8) .. + 7 (rows past N are zero). The storage is left
-/// uninitialized when allocated: interleave_blocks writes every word, on the GEMM's threads.
+/// of K, the words of rows 8 (n / 8) .. + 7 (rows past N are zero).
 struct interleaved_planes {
-  struct free_words {
-    void operator()(std::uint64_t* p) const noexcept {
-      ::operator delete (p, std::align_val_t{simd_alignment});
-    }
-  };
   std::size_t vector_rows = 0, words = 0;
-  std::unique_ptr<std::uint64_t[], free_words> data;
-
-  interleaved_planes(std::size_t blocks, std::size_t bits, std::size_t words_per_plane)
-      : vector_rows(blocks * bits), words(words_per_plane) {
-    const std::size_t n = vector_rows * words * 8;
-    if (n != 0)
-      data.reset(static_cast<std::uint64_t*>(
-          ::operator new (n * sizeof(std::uint64_t), std::align_val_t{simd_alignment})));
-  }
-  const std::uint64_t* row(std::size_t v) const noexcept { return data.get() + v * words * 8; }
+  aligned_vector<std::uint64_t> data;
+  const std::uint64_t* row(std::size_t v) const noexcept { return data.data() + v * words * 8; }
 };
 
-/// Writes W's 8-row blocks [b0, b1) into p.
-inline void interleave_blocks(const bitplane_view& W, interleaved_planes& p, std::size_t b0,
-                              std::size_t b1) noexcept {
-  const std::size_t bits = W.type.bits;
-  for (std::size_t b = b0; b < b1; ++b) {
-    const std::size_t live = std::min<std::size_t>(8, W.rows - b * 8);
+inline interleaved_planes interleave_by_8(const bitplane_view& W) {
+  interleaved_planes p;
+  const std::size_t blocks = (W.rows + 7) / 8, bits = W.type.bits;
+  p.vector_rows = blocks * bits;
+  p.words = W.words_per_plane;
+  p.data.assign(p.vector_rows * p.words * 8, 0);
+  for (std::size_t b = 0; b < blocks; ++b)
     for (std::size_t j = 0; j < bits; ++j) {
-      std::uint64_t* dst = p.data.get() + (b * bits + j) * p.words * 8;
-      if (live < 8) std::fill(dst, dst + p.words * 8, std::uint64_t(0));
-      for (std::size_t l = 0; l < live; ++l) {
+      std::uint64_t* dst = p.data.data() + (b * bits + j) * p.words * 8;
+      for (std::size_t l = 0; l < 8 && b * 8 + l < W.rows; ++l) {
         const std::uint64_t* src = W.plane_row((b * 8 + l) * bits + j);
         for (std::size_t k = 0; k < p.words; ++k) dst[k * 8 + l] = src[k];
       }
     }
-  }
+  return p;
 }
 
 /// The popcount loop of a register tile: acc[i][j] (8 x 64-bit lanes) += popcount(a[i][k] &
@@ -100,48 +83,28 @@ MIXQ_AVX512_BITSERIAL_TARGET __attribute__((always_inline)) inline void popcount
 
 /// The offset terms of the binary encodings (see run_bitserial_gemm): C[m][n] starts at
 /// row[m] + col[n]; empty when neither operand is binary. col is padded to whole 8-lane groups.
-/// Allocated first, filled by parts (fill_offset_terms) on the GEMM's threads.
 struct offset_terms {
-  std::int64_t oa = 0, ow = 0, kk = 0;
   std::vector<std::uint32_t> row;
   aligned_vector<std::uint32_t> col;
   bool empty() const noexcept { return row.empty(); }
 };
 
-inline offset_terms allocate_offset_terms(const bitplane_view& A, const bitplane_view& W) {
+inline offset_terms make_offset_terms(const bitplane_view& A, const bitplane_view& W) {
   offset_terms t;
-  t.oa = A.type.is_binary() ? -1 : 0;
-  t.ow = W.type.is_binary() ? -1 : 0;
-  if (t.oa == 0 && t.ow == 0) return t;
-  t.kk = static_cast<std::int64_t>(A.cols) * t.oa * t.ow;
-  t.row.assign(A.rows, static_cast<std::uint32_t>(t.kk));
+  const std::int64_t oa = A.type.is_binary() ? -1 : 0, ow = W.type.is_binary() ? -1 : 0;
+  if (oa == 0 && ow == 0) return t;
+  const std::int64_t kk = static_cast<std::int64_t>(A.cols) * oa * ow;
+  t.row.assign(A.rows, static_cast<std::uint32_t>(kk));
   t.col.assign((W.rows + 63) / 64 * 64, 0);
-  return t;
-}
-
-/// sum_p weight_p * popcount(plane p of row r).
-inline std::int64_t plane_row_sum(const bitplane_view& v, std::size_t r) noexcept {
-  std::int64_t s = 0;
-  for (int p = 0; p < v.type.bits; ++p) {
-    const std::uint64_t* d = v.plane_row(r * v.type.bits + p);
-    std::int64_t pop = 0;
-    for (std::size_t w = 0; w < v.words_per_plane; ++w) pop += std::popcount(d[w]);
-    s += plane_weight_of(v.type, p) * pop;
+  if (ow != 0) {
+    const auto sa = plane_row_sums(A);
+    for (std::size_t m = 0; m < A.rows; ++m) t.row[m] = static_cast<std::uint32_t>(kk + ow * sa[m]);
   }
-  return s;
-}
-
-/// The row terms of A rows [m0, m1) and the column terms of W rows [n0, n1).
-inline void fill_offset_terms(const bitplane_view& A, const bitplane_view& W, offset_terms& t,
-                              std::size_t m0, std::size_t m1, std::size_t n0,
-                              std::size_t n1) noexcept {
-  if (t.empty()) return;
-  if (t.ow != 0)
-    for (std::size_t m = m0; m < m1; ++m)
-      t.row[m] = static_cast<std::uint32_t>(t.kk + t.ow * plane_row_sum(A, m));
-  if (t.oa != 0)
-    for (std::size_t n = n0; n < n1; ++n)
-      t.col[n] = static_cast<std::uint32_t>(t.oa * plane_row_sum(W, n));
+  if (oa != 0) {
+    const auto sw = plane_row_sums(W);
+    for (std::size_t n = 0; n < W.rows; ++n) t.col[n] = static_cast<std::uint32_t>(oa * sw[n]);
+  }
+  return t;
 }
 
 /// One register tile for any bit pair: MR A plane rows x NV interleaved W vector rows over
@@ -404,12 +367,11 @@ MIXQ_AVX512_BITSERIAL_TARGET inline void run_bitserial_gemm_avx512(const bitplan
     init_offset_terms(A, W, C);
     return;
   }
-  const std::size_t ba = A.type.bits, bw = W.type.bits, blocks = (N + 7) / 8;
-  // W's interleaved planes and the binary offset terms are allocated here and filled by the
-  // threads before they multiply (their serial cost was 8% of a two-thread 1x1 1024^3 call).
-  interleaved_planes Wi(blocks, bw, (A.cols + 63) / 64);
+  const std::size_t ba = A.type.bits, bw = W.type.bits;
+  const interleaved_planes Wi = interleave_by_8(W);
   const std::size_t RA = M * ba, RV = Wi.vector_rows, wstride = Wi.words * 8;
-  offset_terms offsets = allocate_offset_terms(A, W);
+  // Binary operands' offset terms are added where C is first written, not in a pass of their own.
+  const offset_terms offsets = make_offset_terms(A, W);
   const plane_pair_weights pair_weights = make_plane_pair_weights(A.type, W.type);
   const whole_outputs_panel_fn whole = whole_outputs_panel_for<MR, NV>(int(ba), int(bw));
 
@@ -487,38 +449,15 @@ MIXQ_AVX512_BITSERIAL_TARGET inline void run_bitserial_gemm_avx512(const bitplan
     }
   };
 
-  // P parts; part p first interleaves W blocks [blocks p / P, blocks (p + 1) / P) and fills
-  // its share of the offset terms, then (once every part has) multiplies its share: whole A
-  // rows or whole 8-row W blocks of the larger side, so no two parts write one output.
+  // Threads split the larger side by whole rows (A) or whole 8-row W blocks: disjoint outputs.
   thread_pool& pool = default_thread_pool();
-  const std::size_t want = threads == 0 ? pool.size() : std::min(threads, pool.size());
-  const bool split_rows = M >= N;
-  const std::size_t P = std::max<std::size_t>(1, std::min(want, split_rows ? M : blocks));
-  auto share = [P](std::size_t n, std::size_t p) { return n * p / P; };
-  auto prepare = [&](std::size_t p) {
-    const std::size_t b0 = share(blocks, p), b1 = share(blocks, p + 1);
-    interleave_blocks(W, Wi, b0, b1);
-    fill_offset_terms(A, W, offsets, share(M, p), share(M, p + 1), std::min(N, b0 * 8),
-                      std::min(N, b1 * 8));
-  };
-  auto multiply = [&](std::size_t p) {
-    if (split_rows)
-      work(share(M, p) * ba, share(M, p + 1) * ba, 0, RV);
-    else
-      work(0, RA, share(blocks, p) * bw, share(blocks, p + 1) * bw);
-  };
-  std::atomic<std::size_t> prepared{0};
-  pool.parallel_for(
-      P,
-      [&](std::size_t u0, std::size_t u1) {
-        // Neither step throws, so every part reaches the barrier. A part that runs several
-        // units (a nested call runs all P) arrives for all of them at once.
-        for (std::size_t u = u0; u < u1; ++u) prepare(u);
-        prepared.fetch_add(u1 - u0, std::memory_order_acq_rel);
-        while (prepared.load(std::memory_order_acquire) < P) _mm_pause();
-        for (std::size_t u = u0; u < u1; ++u) multiply(u);
-      },
-      P);
+  if (M >= N)
+    pool.parallel_for(
+        M, [&](std::size_t m0, std::size_t m1) { work(m0 * ba, m1 * ba, 0, RV); }, threads);
+  else
+    pool.parallel_for((N + 7) / 8,
+                      [&](std::size_t b0, std::size_t b1) { work(0, RA, b0 * bw, b1 * bw); },
+                      threads);
 }
 
 inline constexpr bitserial_path bitserial_avx512_vpopcntdq_6x4{
