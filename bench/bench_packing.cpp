@@ -23,8 +23,8 @@ void BM_pack_bitplanes(benchmark::State& state) {
   const auto rows = std::size_t(state.range(0)), k = std::size_t(state.range(1));
   const auto v = values<Q>(rows * k);
   for (auto _ : state) benchmark::DoNotOptimize(mixq::bitplane_matrix<Q>::pack(v, rows, k));
-  state.counters["values/s"] = benchmark::Counter(double(rows * k) * double(state.iterations()),
-                                                  benchmark::Counter::kIsRate);
+  state.counters["values/s"] =
+      benchmark::Counter(double(rows * k) * double(state.iterations()), benchmark::Counter::kIsRate);
 }
 
 template <class Q>

@@ -2,11 +2,12 @@
 """Reads bench_gemm's JSON output (run with --benchmark_repetitions=N, aggregates or not) and
 prints issue 4's target ratios from that one run: bit-serial against the AND-popcount ceiling
 and against oneDNN u8s8s32, mixq's int8 and FP32 against oneDNN, two threads against one.
-Medians over the repetitions (CPU time for one thread, wall time for two), the best
-repetition beside them, and "/now": the median of the ratios to the ceiling loop re-measured
-right after each repetition (immune to the core's clock drifting over the run): on a shared VM the memory-bound kernels slow down when neighbours are
+Medians over the repetitions (CPU time for one thread, wall time for two) and the best
+repetition beside them: on a shared VM the memory-bound kernels slow down when neighbours are
 busy while the register-only ceiling loop does not, so the best run is the closer estimate of
-what the kernel does on an idle core.
+what the kernel does on an idle core. "/now" is the median of bench_gemm's ceiling_ratio, the
+ratio to the ceiling loop re-measured right after each repetition (it follows the core's clock
+over the run; that short loop reads a few percent above the ceiling benchmark).
 
 usage: scripts/gemm_targets.py gemm.json [--size 1024]
 """

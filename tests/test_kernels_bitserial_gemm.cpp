@@ -187,9 +187,8 @@ TEST_CASE("larger shapes, K = 4097, two threads") {
 }
 
 TEST_CASE("three threads: every qtype pair, rows split and W blocks split, uneven shares") {
-  // Each part interleaves its share of W's 8-row blocks and fills its share of the binary
-  // offset terms before any part multiplies: with 3 parts the shares are uneven, and a part
-  // may have no W block (N = 20: 3 blocks) or no rows (M = 2).
+  // Three threads split whole A rows (M >= N) or whole 8-row W blocks (M < N) into uneven
+  // shares: 50 rows, and 9 W blocks for N = 70.
   std::mt19937 rng(8);
   mk::set_num_threads(3);
   int bad = 0;
@@ -203,8 +202,8 @@ TEST_CASE("three threads: every qtype pair, rows split and W blocks split, uneve
 }
 
 TEST_CASE("a GEMM called from inside a pool task runs its parts serially") {
-  // Nested parallel_for calls run all parts on the calling thread: the parts' barrier must
-  // not wait for threads that never come.
+  // Nested parallel_for calls run all parts on the calling thread: a GEMM asking for two
+  // threads from inside a task must neither wait for busy workers nor compute differently.
   mk::set_num_threads(2);
   int bad = 0;
   std::mutex m;

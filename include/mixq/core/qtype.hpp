@@ -18,7 +18,8 @@ namespace mixq {
 /// signed 1-bit type, which is binary: bit 1 means +1 and bit 0 means -1.
 /// Bit-widths outside 1..8 do not name a type (a compile error; see `valid_qtype`).
 template <int Bits, bool Signed>
-requires(Bits >= 1 && Bits <= 8) struct qtype {
+  requires(Bits >= 1 && Bits <= 8)
+struct qtype {
   static constexpr int bits = Bits;
   static constexpr bool is_signed = Signed;
   static constexpr bool is_binary = Signed && Bits == 1;
@@ -70,9 +71,7 @@ concept quantized_type = detail::is_qtype<std::remove_cv_t<T>>::value;
 
 /// Whether qtype<B, S> names a type (false outside 1..8); lets tests prove misuse fails.
 template <int B, bool S>
-concept valid_qtype = requires {
-  typename qtype<B, S>;
-};
+concept valid_qtype = requires { typename qtype<B, S>; };
 
 /// A bit-width chosen at run time (search results are).
 struct bitwidth {

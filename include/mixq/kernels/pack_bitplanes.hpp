@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <string>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -26,6 +27,13 @@
 
 namespace mixq::kernels {
 namespace detail {
+
+/// The end of a bad-value message: "is not a value of qint<3>: expected -4..3".
+template <quantized_type Q>
+std::string not_a_value_of() {
+  return mixq::detail::cat("is not a value of ", bitwidth_of<Q>().name(), ": expected ", Q::min,
+                           "..", Q::max, Q::is_binary ? " (only -1 or +1)" : "");
+}
 
 /// Mask of the first `cnt` (0..64) bits.
 inline std::uint64_t low_bits(std::size_t cnt) noexcept {
@@ -230,10 +238,8 @@ void pack_bitplanes(std::span<const typename Q::storage_type> values, std::size_
           const auto* row = values.data() + r * k;
           detail::pack_codes<Q>(
               path, row, k, out.plane_data(r, 0), words, [&](std::size_t c, int v) {
-                throw value_error(mixq::detail::cat(
-                    "pack_bitplanes: value ", v, " at (", r, ", ", c, ") is not a value of ",
-                    bitwidth_of<Q>().name(), ": expected ", Q::min, "..", Q::max,
-                    Q::is_binary ? " (only -1 or +1)" : ""));
+                throw value_error(mixq::detail::cat("pack_bitplanes: value ", v, " at (", r, ", ",
+                                                    c, ") ", detail::not_a_value_of<Q>()));
               });
         }
       },

@@ -114,21 +114,20 @@ class thread_pool {
     inside_task() = false;
   }
 
-  /// Polls `ready` for up to spin_wait(); true if it became true.
+  /// Polls `ready` until it holds or spin_wait() has passed (the caller then waits on a
+  /// condition variable, which rechecks).
   template <class Ready>
-  bool spin_until(Ready ready) const {
+  void spin_until(Ready ready) const {
     const std::int64_t limit = spin_ns_.load(std::memory_order_relaxed);
-    if (limit == 0) return ready();
     const auto t0 = std::chrono::steady_clock::now();
-    for (unsigned i = 1;; ++i) {
-      if (ready()) return true;
+    for (unsigned i = 1; limit > 0 && !ready(); ++i) {
 #if defined(__x86_64__) || defined(__i386__)
       _mm_pause();
 #endif
       if (i % 64 == 0 && std::chrono::duration_cast<std::chrono::nanoseconds>(
                              std::chrono::steady_clock::now() - t0)
                                  .count() > limit)
-        return ready();
+        return;
     }
   }
 

@@ -121,9 +121,7 @@ namespace detail {
 template <quantized_type AT>
 [[noreturn]] void throw_bad_activation(std::size_t index, int v) {
   throw value_error(mixq::detail::cat("bitserial_conv2d: input value ", v, " at flat index ", index,
-                                      " is not a value of ", bitwidth_of<AT>().name(),
-                                      ": expected ", AT::min, "..", AT::max,
-                                      AT::is_binary ? " (only -1 or +1)" : ""));
+                                      " ", not_a_value_of<AT>()));
 }
 
 /// ORs the low `nbits` bits of src (higher bits zero) into dst at bit offset `off`, never
