@@ -152,8 +152,10 @@ void set_rates(benchmark::State& state, double macs_per_iter, double bits_per_ma
   }
 }
 
+/// bitserial_gemm on W as given (interleaved per call) or, prepacked, on
+/// packed_bitserial_weights made once outside the loop (how a layer calls it).
 void BM_bitserial_gemm(benchmark::State& state, int wbits, int abits, std::size_t threads,
-                       mk::isa path) {
+                       mk::isa path, bool prepacked) {
   if (!mk::isa_supported(path)) {
     state.SkipWithError("path not supported by this CPU");
     return;
@@ -161,6 +163,8 @@ void BM_bitserial_gemm(benchmark::State& state, int wbits, int abits, std::size_
   const std::size_t M = state.range(0), N = state.range(1), K = state.range(2);
   std::mt19937_64 rng(1);
   const random_planes A({abits, false}, M, K, rng), W({wbits, true}, N, K, rng);
+  const auto packed =
+      prepacked ? mk::packed_bitserial_weights::pack(W.view()) : mk::packed_bitserial_weights();
   std::vector<std::int32_t> C(M * N);
   mk::set_num_threads(std::max<std::size_t>(threads, 1));
   const mk::gemm_options opt{threads, path};
@@ -169,7 +173,10 @@ void BM_bitserial_gemm(benchmark::State& state, int wbits, int abits, std::size_
   auto clock = threads > 1 ? &wall_seconds : &thread_seconds;
   const double t0 = clock();
   for (auto _ : state) {
-    mk::bitserial_gemm(A.view(), W.view(), std::span<std::int32_t>(C), opt);
+    if (prepacked)
+      mk::bitserial_gemm(A.view(), packed, std::span<std::int32_t>(C), opt);
+    else
+      mk::bitserial_gemm(A.view(), W.view(), std::span<std::int32_t>(C), opt);
     benchmark::DoNotOptimize(C.data());
   }
   const double s = clock() - t0;
@@ -188,6 +195,7 @@ void BM_pack_gemm(benchmark::State& state, int wbits, bool with_gemm, bool refer
   std::vector<std::uint8_t> codes(M * K);
   for (auto& c : codes) c = static_cast<std::uint8_t>(rng() & ((1u << AB) - 1));
   const random_planes W({wbits, true}, N, K, rng);
+  const auto packed = mk::packed_bitserial_weights::pack(W.view());
   std::vector<std::int32_t> C(M * N);
   const mk::gemm_options opt{1, mk::best_isa()};
   mixq::bitplane_matrix<AQ> A;
@@ -198,7 +206,7 @@ void BM_pack_gemm(benchmark::State& state, int wbits, bool with_gemm, bool refer
     else
       mk::pack_bitplanes<AQ>(std::span<const std::uint8_t>(codes), M, K, A, opt);
     if (with_gemm)
-      mk::bitserial_gemm(mk::bitplane_view(A), W.view(), std::span<std::int32_t>(C), opt);
+      mk::bitserial_gemm(mk::bitplane_view(A), packed, std::span<std::int32_t>(C), opt);
     benchmark::DoNotOptimize(A.data());
     benchmark::DoNotOptimize(C.data());
   }
@@ -348,12 +356,15 @@ const bool registered = [] {
   const std::pair<int, int> pairs[] = {{1, 1}, {1, 2}, {2, 2}, {2, 4}, {4, 4}, {8, 8}};
   for (auto [w, a] : pairs) {
     const std::string name = "bitserial_gemm/w" + std::to_string(w) + "a" + std::to_string(a);
-    apply_sizes(
-        benchmark::RegisterBenchmark(name.c_str(), BM_bitserial_gemm, w, a, 1, mk::best_isa()),
-        big && w * a <= 4);
-    apply_sizes(benchmark::RegisterBenchmark((name + "/threads2").c_str(), BM_bitserial_gemm, w, a,
-                                             2, mk::best_isa()),
-                big && w * a <= 4, true);
+    for (bool prepacked : {false, true}) {
+      const std::string base = name + (prepacked ? "/prepacked" : "");
+      apply_sizes(benchmark::RegisterBenchmark(base.c_str(), BM_bitserial_gemm, w, a, 1,
+                                               mk::best_isa(), prepacked),
+                  big && w * a <= 4);
+      apply_sizes(benchmark::RegisterBenchmark((base + "/threads2").c_str(), BM_bitserial_gemm, w,
+                                               a, 2, mk::best_isa(), prepacked),
+                  big && w * a <= 4, true);
+    }
   }
   // Packing of the activations alone, then packing + GEMM (weights packed once, outside).
   for (auto [w, a] : std::initializer_list<std::pair<int, int>>{{1, 1}, {1, 2}, {2, 2}, {4, 4}}) {
@@ -387,7 +398,7 @@ const bool registered = [] {
   for (mk::isa path : {mk::isa::avx2, mk::isa::portable})
     apply_sizes(benchmark::RegisterBenchmark(
                     (std::string("bitserial_gemm/w1a1/") + mk::isa_name(path)).c_str(),
-                    BM_bitserial_gemm, 1, 1, 1, path),
+                    BM_bitserial_gemm, 1, 1, 1, path, false),
                 false);
   apply_sizes(benchmark::RegisterBenchmark("gemm_f32", BM_gemm_f32, 1, std::nullopt), big);
   apply_sizes(benchmark::RegisterBenchmark("gemm_f32/threads2", BM_gemm_f32, 2, std::nullopt),

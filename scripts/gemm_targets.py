@@ -60,20 +60,21 @@ def main():
     ceil = statistics.median(ceiling) if ceiling else None
     dnnl8 = med("dnnl_gemm_u8s8s32")
     print(f"M=N=K={size}; ceiling {ceil / 1e12:.2f} T bit-MAC/s" if ceil else f"M=N=K={size}")
-    print(f"{'pair':6} {'bit-MAC/s':>10} {'/ceiling':>9} {'best':>6} {'/now':>6} "
+    print(f"{'pair':14} {'bit-MAC/s':>10} {'/ceiling':>9} {'best':>6} {'/now':>6} "
           f"{'x oneDNN int8':>14} {'2 threads':>10}")
-    for p in PAIRS:
-        k = f"bitserial_gemm/{p}"
+    # "w1a1" has W interleaved per call; "w1a1/prepacked" uses packed_bitserial_weights.
+    for p, suffix in [(p, s) for p in PAIRS for s in ["", "/prepacked"]]:
+        k = f"bitserial_gemm/{p}{suffix}"
         if k not in times:
             continue
         w, a = int(p[1]), int(p[3])
         rate = macs * w * a / med(k)
-        row = f"{p:6} {rate / 1e12:8.2f} T"
+        row = f"{p + suffix:14} {rate / 1e12:8.2f} T"
         row += f" {rate / ceil:9.2f} {macs * w * a / best(k) / ceil:6.2f}" if ceil else " " * 17
         # The ceiling loop re-measured right after each repetition (bench_gemm's ceiling_ratio).
         row += f" {statistics.median(ratios[k]):6.2f}" if ratios.get(k) else " " * 7
         row += f" {dnnl8 / med(k):13.2f}x" if dnnl8 else " " * 15
-        t2 = med(f"bitserial_gemm/{p}/threads2")
+        t2 = med(f"{k}/threads2")
         row += f" {med(k) / t2:9.2f}x" if t2 else ""
         print(row)
     for ours, theirs, label in [

@@ -90,25 +90,32 @@ int check_shape(bitwidth at, bitwidth wt, std::size_t M, std::size_t N, std::siz
       for (std::size_t k = 0; k < K; ++k) s += A.values[m * K + k] * W.values[n * K + k];
       if (s != ref[m * N + n]) ++bad;
     }
-  for (mk::isa path : supported_paths()) {
-    std::fill(got.begin(), got.end(), 12345);
-    mk::bitserial_gemm(A.view(), W.view(), std::span<std::int32_t>(got), {threads, path});
-    for (std::size_t i = 0; i < M * N; ++i)
-      if (got[i] != ref[i]) {
-        if (bad < 3) {
-          CAPTURE(at.name());
-          CAPTURE(wt.name());
-          CAPTURE(M);
-          CAPTURE(N);
-          CAPTURE(K);
-          CAPTURE(int(f));
-          CAPTURE(mk::isa_name(path));
-          CAPTURE(i);
-          CHECK(got[i] == ref[i]);
+  // Every path, on W as given and on W packed once (the layout a layer keeps between calls).
+  const auto packed = mk::packed_bitserial_weights::pack(W.view());
+  for (mk::isa path : supported_paths())
+    for (bool prepacked : {false, true}) {
+      std::fill(got.begin(), got.end(), 12345);
+      if (prepacked)
+        mk::bitserial_gemm(A.view(), packed, std::span<std::int32_t>(got), {threads, path});
+      else
+        mk::bitserial_gemm(A.view(), W.view(), std::span<std::int32_t>(got), {threads, path});
+      for (std::size_t i = 0; i < M * N; ++i)
+        if (got[i] != ref[i]) {
+          if (bad < 3) {
+            CAPTURE(at.name());
+            CAPTURE(wt.name());
+            CAPTURE(M);
+            CAPTURE(N);
+            CAPTURE(K);
+            CAPTURE(int(f));
+            CAPTURE(mk::isa_name(path));
+            CAPTURE(prepacked);
+            CAPTURE(i);
+            CHECK(got[i] == ref[i]);
+          }
+          ++bad;
         }
-        ++bad;
-      }
-  }
+    }
   return bad;
 }
 
@@ -250,6 +257,57 @@ TEST_CASE("bad inputs") {
   CHECK_THROWS_AS(mk::bitserial_gemm(bad_pad, W, std::span<std::int32_t>(c)), mixq::shape_error);
   CHECK_THROWS_WITH_AS(mk::bitserial_gemm(A2, W, std::span<std::int32_t>(c)),
                        doctest::Contains("expected the same K"), mixq::shape_error);
+}
+
+TEST_CASE("packed weights: own their planes, survive copies, keep row sums, check shapes") {
+  std::mt19937 rng(11);
+  const std::size_t M = 9, N = 19, K = 300;
+  for (auto [at, wt] : {std::pair{bitwidth{1, true}, bitwidth{1, true}},
+                        {bitwidth{2, false}, bitwidth{1, false}},
+                        {bitwidth{4, true}, bitwidth{3, true}}}) {
+    const operand A(at, M, K, fill::random, false, rng);
+    std::vector<std::int32_t> ref(M * N), got(M * N);
+    mk::packed_bitserial_weights copy;
+    {
+      // The source operand and the first packed object are gone before the call.
+      const operand W(wt, N, K, fill::random, true, rng);
+      mk::bitserial_gemm_reference(A.view(), W.view(), std::span<std::int32_t>(ref));
+      const auto packed = mk::packed_bitserial_weights::pack(W.view());
+      CHECK(packed.rows() == N);
+      CHECK(packed.cols() == K);
+      CHECK(packed.type() == wt);
+      for (std::size_t n = 0; n < N; ++n) {
+        std::int64_t s = 0;  // sum of (value - offset): binary values count their 1 bits twice
+        for (std::size_t k = 0; k < K; ++k) s += W.values[n * K + k] + (wt.is_binary() ? 1 : 0);
+        CHECK(packed.row_sum(n) == s);
+      }
+      copy = packed;
+    }
+    for (mk::isa path : supported_paths()) {
+      CAPTURE(mk::isa_name(path));
+      std::fill(got.begin(), got.end(), -7);
+      mk::bitserial_gemm(A.view(), copy, std::span<std::int32_t>(got), {2, path});
+      CHECK(got == ref);
+    }
+    // The view of packed weights is a plain operand too.
+    std::fill(got.begin(), got.end(), -7);
+    mk::bitserial_gemm(A.view(), copy.view(), std::span<std::int32_t>(got));
+    CHECK(got == ref);
+  }
+  const mixq::bitplane_matrix<mixq::qint<2>> A(3, 10), A2(3, 11);
+  const auto W = mk::packed_bitserial_weights::pack(mixq::bitplane_matrix<mixq::quint<4>>(4, 10));
+  std::vector<std::int32_t> c(12), small(11);
+  CHECK_THROWS_WITH_AS(mk::bitserial_gemm(A2, W, std::span<std::int32_t>(c)),
+                       doctest::Contains("expected the same K"), mixq::shape_error);
+  CHECK_THROWS_AS(mk::bitserial_gemm(A, W, std::span<std::int32_t>(small)), mixq::shape_error);
+  mk::bitplane_view bad_bits(A);
+  bad_bits.type.bits = 9;
+  CHECK_THROWS_AS(mk::packed_bitserial_weights::pack(bad_bits), mixq::bits_error);
+  // Empty weights: an empty product.
+  const mk::packed_bitserial_weights none;
+  std::vector<std::int32_t> empty;
+  mk::bitserial_gemm(mk::bitplane_view(mixq::bitplane_matrix<mixq::qint<2>>(3, 0)), none,
+                     std::span<std::int32_t>(empty));
 }
 
 TEST_CASE("instruction-set selection") {

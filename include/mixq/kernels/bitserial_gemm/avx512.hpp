@@ -89,7 +89,9 @@ struct offset_terms {
   bool empty() const noexcept { return row.empty(); }
 };
 
-inline offset_terms make_offset_terms(const bitplane_view& A, const bitplane_view& W) {
+/// w_sums: W's plane_row_sums when already known (prepacked weights), else read off W here.
+inline offset_terms make_offset_terms(const bitplane_view& A, const bitplane_view& W,
+                                      const std::vector<std::int64_t>* w_sums = nullptr) {
   offset_terms t;
   const std::int64_t oa = A.type.is_binary() ? -1 : 0, ow = W.type.is_binary() ? -1 : 0;
   if (oa == 0 && ow == 0) return t;
@@ -101,7 +103,7 @@ inline offset_terms make_offset_terms(const bitplane_view& A, const bitplane_vie
     for (std::size_t m = 0; m < A.rows; ++m) t.row[m] = static_cast<std::uint32_t>(kk + ow * sa[m]);
   }
   if (oa != 0) {
-    const auto sw = plane_row_sums(W);
+    const auto sw = w_sums != nullptr ? *w_sums : plane_row_sums(W);
     for (std::size_t n = 0; n < W.rows; ++n) t.col[n] = static_cast<std::uint32_t>(oa * sw[n]);
   }
   return t;
@@ -354,10 +356,11 @@ whole_outputs_panel_fn whole_outputs_panel_for(int ba, int bw) {
   }
 }
 
-MIXQ_AVX512_BITSERIAL_TARGET inline void run_bitserial_gemm_avx512(const bitplane_view& A,
-                                                                   const bitplane_view& W,
-                                                                   std::int32_t* C,
-                                                                   std::size_t threads) {
+/// The AVX-512 bit-serial GEMM with W already interleaved (Wi = interleave_by_8(W)) and, when
+/// known, W's plane_row_sums (w_sums, else nullptr): what prepacked weights skip per call.
+MIXQ_AVX512_BITSERIAL_TARGET inline void run_bitserial_gemm_avx512_interleaved(
+    const bitplane_view& A, const bitplane_view& W, const interleaved_planes& Wi,
+    const std::vector<std::int64_t>* w_sums, std::int32_t* C, std::size_t threads) {
   constexpr int MR = avx512_bitserial_mr, NV = avx512_bitserial_nv;
   const std::size_t M = A.rows, N = W.rows;
   if (M == 0 || N == 0) return;
@@ -368,10 +371,9 @@ MIXQ_AVX512_BITSERIAL_TARGET inline void run_bitserial_gemm_avx512(const bitplan
     return;
   }
   const std::size_t ba = A.type.bits, bw = W.type.bits;
-  const interleaved_planes Wi = interleave_by_8(W);
   const std::size_t RA = M * ba, RV = Wi.vector_rows, wstride = Wi.words * 8;
   // Binary operands' offset terms are added where C is first written, not in a pass of their own.
-  const offset_terms offsets = make_offset_terms(A, W);
+  const offset_terms offsets = make_offset_terms(A, W, w_sums);
   const plane_pair_weights pair_weights = make_plane_pair_weights(A.type, W.type);
   const whole_outputs_panel_fn whole = whole_outputs_panel_for<MR, NV>(int(ba), int(bw));
 
@@ -458,6 +460,14 @@ MIXQ_AVX512_BITSERIAL_TARGET inline void run_bitserial_gemm_avx512(const bitplan
     pool.parallel_for((N + 7) / 8,
                       [&](std::size_t b0, std::size_t b1) { work(0, RA, b0 * bw, b1 * bw); },
                       threads);
+}
+
+MIXQ_AVX512_BITSERIAL_TARGET inline void run_bitserial_gemm_avx512(const bitplane_view& A,
+                                                                   const bitplane_view& W,
+                                                                   std::int32_t* C,
+                                                                   std::size_t threads) {
+  if (A.rows == 0 || W.rows == 0) return;
+  run_bitserial_gemm_avx512_interleaved(A, W, interleave_by_8(W), nullptr, C, threads);
 }
 
 inline constexpr bitserial_path bitserial_avx512_vpopcntdq_6x4{
