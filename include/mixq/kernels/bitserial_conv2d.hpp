@@ -102,10 +102,12 @@ namespace detail {
 /// The type-erased product and corrections (one instantiation for every type pair).
 /// The GEMM sees padded taps as code 0, worth v0 = 0 (or -1 for binary activations), so
 ///   out = R - za * sum_w[o] + (pad - v0) * (sum of o's weights over the padded taps),
-/// the last term only at border pixels, from the per-(channel, tap) sums.
+/// the last term only at border pixels, from the per-(channel, tap) sums. w_packed: each
+/// group's weights prepacked for the bit-serial GEMM (or empty: w_all's views are used).
 inline void conv2d_gemm_and_correct(const conv2d_geometry& g, bitwidth at,
                                     const std::uint64_t* a_bits, std::size_t a_wpp,
                                     const bitplane_view& w_all,
+                                    std::span<const packed_bitserial_weights> w_packed,
                                     std::span<const std::int64_t> channel_sums,
                                     std::span<const std::int64_t> tap_sums,
                                     std::span<std::int32_t> out, const conv2d_params& p) {
@@ -118,18 +120,20 @@ inline void conv2d_gemm_and_correct(const conv2d_geometry& g, bitwidth at,
                          w_all.data + grp * cout_g * w_all.type.bits * w_all.words_per_plane);
   };
   const gemm_kernel kernel = p.kernel.value_or(choose_kernel(at, w_all.type));
-  auto product = [&](const bitplane_view& A, const bitplane_view& W, std::span<std::int32_t> C) {
+  auto product = [&](std::size_t grp, std::span<std::int32_t> C) {
     if (kernel == gemm_kernel::int8)
-      int8_gemm(A, W, C, p.gemm);
+      int8_gemm(a_view(grp), w_view(grp), C, p.gemm);
+    else if (grp < w_packed.size())
+      bitserial_gemm(a_view(grp), w_packed[grp], C, p.gemm);
     else
-      bitserial_gemm(A, W, C, p.gemm);
+      bitserial_gemm(a_view(grp), w_view(grp), C, p.gemm);
   };
   if (g.groups == 1) {
-    product(a_view(0), w_view(0), out);
+    product(0, out);
   } else {
     std::vector<std::int32_t> tmp(M * cout_g);
     for (std::size_t grp = 0; grp < g.groups; ++grp) {
-      product(a_view(grp), w_view(grp), tmp);
+      product(grp, tmp);
       for (std::size_t m = 0; m < M; ++m)
         for (std::size_t j = 0; j < cout_g; ++j)
           out[m * C + grp * cout_g + j] = tmp[m * cout_g + j];
@@ -229,8 +233,8 @@ void bitserial_conv2d_packed(const conv_activation_planes<AT>& a, const packed_c
         w.kernel_h(), "x", w.kernel_w(), ", ", w.groups(), ": expected the same"));
   detail::check_conv_output(g, out.size());
   detail::conv2d_gemm_and_correct(g, bitwidth_of<AT>(), a.bits.data(), a.words_per_plane,
-                                  bitplane_view(w.planes()), w.channel_sums(), w.tap_sums(), out,
-                                  p);
+                                  bitplane_view(w.planes()), w.gemm_weights(), w.channel_sums(),
+                                  w.tap_sums(), out, p);
 }
 
 /// out (NHWC, N*OH*OW*Cout int32) = the convolution of NHWC input codes of AT (shape

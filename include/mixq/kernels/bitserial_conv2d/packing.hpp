@@ -20,6 +20,7 @@
 #include "mixq/core/qtype.hpp"
 #include "mixq/core/tensor.hpp"
 #include "mixq/kernels/bitserial_conv2d/reference.hpp"
+#include "mixq/kernels/bitserial_gemm.hpp"
 #include "mixq/kernels/bitserial_gemm/common.hpp"
 #include "mixq/kernels/isa.hpp"
 #include "mixq/kernels/pack_bitplanes.hpp"
@@ -69,6 +70,11 @@ class packed_conv_weights {
           }
       w.planes_.set_row(o, row);  // checks the values
     }
+    // Each group's GEMM operand laid out once for the bit-serial path (the depthwise case
+    // runs the direct loop instead and needs none).
+    if (cin_g > 1 || groups == 1)
+      for (std::size_t g = 0; g < groups; ++g)
+        w.gemm_weights_.push_back(packed_bitserial_weights::pack(w.group_view(g)));
     return w;
   }
 
@@ -85,6 +91,10 @@ class packed_conv_weights {
     return bitplane_view(bitwidth_of<WT>(), rows, planes_.cols(), planes_.words_per_plane(),
                          planes_.data() + g * rows * planes_.row_stride());
   }
+  /// Group g's GEMM operand as packed_bitserial_weights (index g; empty for depthwise weights).
+  std::span<const packed_bitserial_weights> gemm_weights() const noexcept {
+    return gemm_weights_;
+  }
   /// Sum of output channel o's weights.
   std::span<const std::int64_t> channel_sums() const noexcept { return channel_sums_; }
   /// Sum over cin of the weights at (o, tap = ky * kw + kx), index o * kh * kw + tap.
@@ -96,6 +106,7 @@ class packed_conv_weights {
  private:
   std::size_t out_c_ = 0, cin_g_ = 0, kh_ = 0, kw_ = 0, groups_ = 1;
   bitplane_matrix<WT> planes_;
+  std::vector<packed_bitserial_weights> gemm_weights_;
   std::vector<std::int64_t> channel_sums_, tap_sums_;
   std::vector<std::int32_t> tap_major_;
 };
