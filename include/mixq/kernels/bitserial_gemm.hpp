@@ -35,9 +35,9 @@ void bitserial_gemm(const bitplane_matrix<AT>& A, const bitplane_matrix<WT>& W,
 }
 
 /// W (N x K, any bit-width) laid out once for repeated bit-serial GEMMs against it, as a layer's
-/// weights are: an owned copy of its planes, their row sums and, on CPUs with the AVX-512 path,
-/// the 8-row interleaved layout that path reads. A call then skips the per-call interleave and
-/// row sums, which are bound by cold reads of W (15-20 us at N = K = 1024, 1-bit).
+/// weights are: an owned copy of its planes, their row sums and, on CPUs with the AVX-512 or
+/// AVX2 path, the 8-row interleaved layout those paths read. A call then skips the per-call
+/// interleave and row sums, which are bound by cold reads of W (15-20 us at N = K = 1024, 1-bit).
 class packed_bitserial_weights {
  public:
   packed_bitserial_weights() = default;
@@ -53,9 +53,9 @@ class packed_bitserial_weights {
     p.cols_ = W.cols;
     p.words_per_plane_ = W.words_per_plane;
     p.row_sums_ = detail::plane_row_sums(p.view());
-#if defined(MIXQ_HAS_AVX512_BITSERIAL)
-    if (isa_supported(isa::avx512_vpopcntdq)) p.interleaved_ = detail::interleave_by_8(p.view());
-#endif
+    // The AVX-512 and AVX2 paths read the same interleaved layout.
+    if (isa_supported(isa::avx2) || isa_supported(isa::avx512_vpopcntdq))
+      p.interleaved_ = detail::interleave_by_8(p.view());
     return p;
   }
   template <quantized_type Q>
@@ -81,9 +81,7 @@ class packed_bitserial_weights {
   bitwidth type_{1, false};
   std::size_t rows_ = 0, cols_ = 0, words_per_plane_ = 0;
   std::vector<std::int64_t> row_sums_;
-#if defined(MIXQ_HAS_AVX512_BITSERIAL)
   detail::interleaved_planes interleaved_;
-#endif
 };
 
 /// bitserial_gemm against prepacked weights: same contract and result as the plain entry.
@@ -96,6 +94,13 @@ inline void bitserial_gemm(const bitplane_view& A, const packed_bitserial_weight
   if (&path == &detail::bitserial_avx512_vpopcntdq_6x4) {
     detail::run_bitserial_gemm_avx512_interleaved(A, w, W.interleaved_, &W.row_sums_, C.data(),
                                                   options.num_threads);
+    return;
+  }
+#endif
+#if defined(MIXQ_HAS_AVX2_BITSERIAL)
+  if (&path == &detail::bitserial_avx2) {
+    detail::run_bitserial_gemm_avx2_interleaved(A, w, W.interleaved_, &W.row_sums_, C.data(),
+                                                options.num_threads);
     return;
   }
 #endif

@@ -27,31 +27,6 @@ namespace mixq::kernels::detail {
 #define MIXQ_AVX512_BITSERIAL_TARGET \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq")))
 
-/// W interleaved by 8 rows: vector row v = (n / 8) * bits + plane holds, for each 64-bit word k
-/// of K, the words of rows 8 (n / 8) .. + 7 (rows past N are zero).
-struct interleaved_planes {
-  std::size_t vector_rows = 0, words = 0;
-  aligned_vector<std::uint64_t> data;
-  const std::uint64_t* row(std::size_t v) const noexcept { return data.data() + v * words * 8; }
-};
-
-inline interleaved_planes interleave_by_8(const bitplane_view& W) {
-  interleaved_planes p;
-  const std::size_t blocks = (W.rows + 7) / 8, bits = W.type.bits;
-  p.vector_rows = blocks * bits;
-  p.words = W.words_per_plane;
-  p.data.assign(p.vector_rows * p.words * 8, 0);
-  for (std::size_t b = 0; b < blocks; ++b)
-    for (std::size_t j = 0; j < bits; ++j) {
-      std::uint64_t* dst = p.data.data() + (b * bits + j) * p.words * 8;
-      for (std::size_t l = 0; l < 8 && b * 8 + l < W.rows; ++l) {
-        const std::uint64_t* src = W.plane_row((b * 8 + l) * bits + j);
-        for (std::size_t k = 0; k < p.words; ++k) dst[k * 8 + l] = src[k];
-      }
-    }
-  return p;
-}
-
 /// The popcount loop of a register tile: acc[i][j] (8 x 64-bit lanes) += popcount(a[i][k] &
 /// W vector row j, word k) over nwords words of K.
 template <int MR, int NV>

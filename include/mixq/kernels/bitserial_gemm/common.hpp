@@ -13,6 +13,7 @@
 #include <span>
 #include <vector>
 
+#include "mixq/core/aligned.hpp"
 #include "mixq/core/bitplane_matrix.hpp"
 #include "mixq/core/error.hpp"
 #include "mixq/core/qtype.hpp"
@@ -114,8 +115,9 @@ inline std::vector<std::int64_t> plane_row_sums(const bitplane_view& v) {
 }
 
 /// C's starting values: the offset terms ow sum a' + oa sum w' + K oa ow of the formula below
-/// (zero unless an operand is binary).
-inline void init_offset_terms(const bitplane_view& A, const bitplane_view& W, std::int32_t* C) {
+/// (zero unless an operand is binary). w_sums: W's plane_row_sums when known, else nullptr.
+inline void init_offset_terms(const bitplane_view& A, const bitplane_view& W, std::int32_t* C,
+                              const std::vector<std::int64_t>* w_sums = nullptr) {
   const std::size_t M = A.rows, N = W.rows, K = A.cols;
   const std::int64_t oa = A.type.is_binary() ? -1 : 0, ow = W.type.is_binary() ? -1 : 0;
   if (oa == 0 && ow == 0) {
@@ -131,13 +133,39 @@ inline void init_offset_terms(const bitplane_view& A, const bitplane_view& W, st
     std::fill(row_term.begin(), row_term.end(), static_cast<std::uint32_t>(kk));
   }
   if (oa != 0) {
-    const auto sw = plane_row_sums(W);
+    const auto sw = w_sums != nullptr ? *w_sums : plane_row_sums(W);
     for (std::size_t n = 0; n < N; ++n) col_term[n] = static_cast<std::uint32_t>(oa * sw[n]);
   }
   for (std::size_t m = 0; m < M; ++m) {
     std::uint32_t* c = reinterpret_cast<std::uint32_t*>(C + m * N);
     for (std::size_t n = 0; n < N; ++n) c[n] = row_term[m] + col_term[n];
   }
+}
+
+/// W interleaved by 8 rows, the layout of the AVX-512 and AVX2 paths: vector row v = (n / 8) *
+/// bits + plane holds, for each 64-bit word k of K, the words of rows 8 (n / 8) .. + 7 (rows past
+/// N are zero) in 64 contiguous bytes (one zmm, or two ymm halves of 4 rows).
+struct interleaved_planes {
+  std::size_t vector_rows = 0, words = 0;
+  aligned_vector<std::uint64_t> data;
+  const std::uint64_t* row(std::size_t v) const noexcept { return data.data() + v * words * 8; }
+};
+
+inline interleaved_planes interleave_by_8(const bitplane_view& W) {
+  interleaved_planes p;
+  const std::size_t blocks = (W.rows + 7) / 8, bits = W.type.bits;
+  p.vector_rows = blocks * bits;
+  p.words = W.words_per_plane;
+  p.data.assign(p.vector_rows * p.words * 8, 0);
+  for (std::size_t b = 0; b < blocks; ++b)
+    for (std::size_t j = 0; j < bits; ++j) {
+      std::uint64_t* dst = p.data.data() + (b * bits + j) * p.words * 8;
+      for (std::size_t l = 0; l < 8 && b * 8 + l < W.rows; ++l) {
+        const std::uint64_t* src = W.plane_row((b * 8 + l) * bits + j);
+        for (std::size_t k = 0; k < p.words; ++k) dst[k * 8 + l] = src[k];
+      }
+    }
+  return p;
 }
 
 /// A whole bit-serial path: computes C from checked operands with the given thread count.

@@ -18,13 +18,6 @@ inline void run_bitserial_gemm_portable(const bitplane_view& A, const bitplane_v
 }
 inline constexpr bitserial_path bitserial_portable{&run_bitserial_gemm_portable,
                                                    bitserial_portable_4x4.name};
-#if defined(MIXQ_HAS_AVX2_BITSERIAL)
-inline void run_bitserial_gemm_avx2(const bitplane_view& A, const bitplane_view& W, std::int32_t* C,
-                                    std::size_t threads) {
-  run_bitserial_gemm(bitserial_avx2_2x2, A, W, C, threads);
-}
-inline constexpr bitserial_path bitserial_avx2{&run_bitserial_gemm_avx2, bitserial_avx2_2x2.name};
-#endif
 
 /// The path `requested` (value_error if unsupported) or the active path.
 inline const bitserial_path& bitserial_path_for(std::optional<isa> requested) {
