@@ -41,7 +41,7 @@ def load(path, size):
 
 
 def svg(lines, size):
-    W, H, L, R, T, B = 760, 460, 80, 220, 40, 50
+    W, H, L, R, T, B = 800, 460, 80, 260, 40, 50
     import math
     vals = [v for d in lines.values() for v in d.values() if v > 0]
     lo, hi = math.floor(math.log10(min(vals))), math.ceil(math.log10(max(vals)))
@@ -55,11 +55,16 @@ def svg(lines, size):
     for i, p in enumerate(PAIRS):
         out.append(f'<text x="{x(i)}" y="{H-B+18}" text-anchor="middle">{p}</text>')
     for k, (name, d) in enumerate(sorted(lines.items())):
+        # Past the eighth line the colours repeat, dashed: the legend shows each line's stroke.
         c = COLORS[k % len(COLORS)]
+        dash = "" if k < len(COLORS) else ' stroke-dasharray="6,3"'
         pts = [(x(i), y(d[p])) for i, p in enumerate(PAIRS) if d.get(p, 0) > 0]
-        out.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>'
-                   % (c, " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)))
-        out.append(f'<text x="{W-R+10}" y="{T+16*k+10}" fill="{c}">{name}</text>')
+        out.append('<polyline fill="none" stroke="%s" stroke-width="2"%s points="%s"/>'
+                   % (c, dash, " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)))
+        ly = T + 16 * k + 6
+        out.append(f'<line x1="{W-R+8}" x2="{W-R+30}" y1="{ly}" y2="{ly}" stroke="{c}" '
+                   f'stroke-width="2"{dash}/>')
+        out.append(f'<text x="{W-R+36}" y="{ly+4}" fill="{c}">{name}</text>')
     out.append("</svg>")
     return "\n".join(out)
 

@@ -114,8 +114,9 @@ __attribute__((target("avx2"))) void pack_codes_avx2(const typename Q::storage_t
   const __m256i vmax = _mm256_set1_epi8(static_cast<char>(Q::max));
   const __m256i vmin = _mm256_set1_epi8(static_cast<char>(Q::min));
   const __m256i one = _mm256_set1_epi8(1), zero = _mm256_setzero_si256();
-  // Lanes of v that are not values of Q, as a 32-bit mask.
-  auto bad_lanes = [&](__m256i v) -> std::uint32_t {
+  // Lanes of v that are not values of Q, as a 32-bit mask. (A lambda does not inherit the
+  // function's target attribute: without its own, builds with no -march flag fail.)
+  auto bad_lanes = [&](__m256i v) __attribute__((target("avx2"))) -> std::uint32_t {
     __m256i ok;
     if constexpr (Q::is_binary)
       ok = _mm256_cmpeq_epi8(_mm256_abs_epi8(v), one);
