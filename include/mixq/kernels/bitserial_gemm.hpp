@@ -90,20 +90,10 @@ inline void bitserial_gemm(const bitplane_view& A, const packed_bitserial_weight
   const bitplane_view w = W.view();
   detail::check_gemm_shapes(A, w, C.size(), "bitserial_gemm");
   const detail::bitserial_path& path = detail::bitserial_path_for(options.path);
-#if defined(MIXQ_HAS_AVX512_BITSERIAL)
-  if (&path == &detail::bitserial_avx512_vpopcntdq_6x4) {
-    detail::run_bitserial_gemm_avx512_interleaved(A, w, W.interleaved_, &W.row_sums_, C.data(),
-                                                  options.num_threads);
+  if (path.run_interleaved != nullptr) {
+    path.run_interleaved(A, w, W.interleaved_, &W.row_sums_, C.data(), options.num_threads);
     return;
   }
-#endif
-#if defined(MIXQ_HAS_AVX2_BITSERIAL)
-  if (&path == &detail::bitserial_avx2) {
-    detail::run_bitserial_gemm_avx2_interleaved(A, w, W.interleaved_, &W.row_sums_, C.data(),
-                                                options.num_threads);
-    return;
-  }
-#endif
   path.run(A, w, C.data(), options.num_threads);
 }
 

@@ -158,14 +158,7 @@ MIXQ_AVX2_BITSERIAL_TARGET inline void run_bitserial_gemm_avx2_interleaved(
   };
 
   // Threads split the larger side by whole rows (A) or whole 8-row W blocks: disjoint outputs.
-  thread_pool& pool = default_thread_pool();
-  if (M >= N)
-    pool.parallel_for(
-        M, [&](std::size_t m0, std::size_t m1) { work(m0 * ba, m1 * ba, 0, RV); }, threads);
-  else
-    pool.parallel_for((N + 7) / 8,
-                      [&](std::size_t b0, std::size_t b1) { work(0, RA, b0 * bw, b1 * bw); },
-                      threads);
+  split_interleaved_gemm(M, N, ba, bw, threads, work);
 }
 
 inline void run_bitserial_gemm_avx2(const bitplane_view& A, const bitplane_view& W,
@@ -175,7 +168,8 @@ inline void run_bitserial_gemm_avx2(const bitplane_view& A, const bitplane_view&
 }
 
 inline constexpr bitserial_path bitserial_avx2{&run_bitserial_gemm_avx2,
-                                               "bitserial_gemm_avx2_4x8_broadcast"};
+                                               "bitserial_gemm_avx2_4x8_broadcast",
+                                               &run_bitserial_gemm_avx2_interleaved};
 #endif
 
 }  // namespace mixq::kernels::detail

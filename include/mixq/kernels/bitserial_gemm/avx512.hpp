@@ -427,14 +427,7 @@ MIXQ_AVX512_BITSERIAL_TARGET inline void run_bitserial_gemm_avx512_interleaved(
   };
 
   // Threads split the larger side by whole rows (A) or whole 8-row W blocks: disjoint outputs.
-  thread_pool& pool = default_thread_pool();
-  if (M >= N)
-    pool.parallel_for(
-        M, [&](std::size_t m0, std::size_t m1) { work(m0 * ba, m1 * ba, 0, RV); }, threads);
-  else
-    pool.parallel_for((N + 7) / 8,
-                      [&](std::size_t b0, std::size_t b1) { work(0, RA, b0 * bw, b1 * bw); },
-                      threads);
+  split_interleaved_gemm(M, N, ba, bw, threads, work);
 }
 
 MIXQ_AVX512_BITSERIAL_TARGET inline void run_bitserial_gemm_avx512(const bitplane_view& A,
@@ -446,7 +439,8 @@ MIXQ_AVX512_BITSERIAL_TARGET inline void run_bitserial_gemm_avx512(const bitplan
 }
 
 inline constexpr bitserial_path bitserial_avx512_vpopcntdq_6x4{
-    &run_bitserial_gemm_avx512, "bitserial_gemm_avx512_vpopcntdq_6x32_broadcast"};
+    &run_bitserial_gemm_avx512, "bitserial_gemm_avx512_vpopcntdq_6x32_broadcast",
+    &run_bitserial_gemm_avx512_interleaved};
 #endif
 
 }  // namespace mixq::kernels::detail

@@ -171,10 +171,35 @@ inline interleaved_planes interleave_by_8(const bitplane_view& W) {
 /// A whole bit-serial path: computes C from checked operands with the given thread count.
 using bitserial_run_fn = void (*)(const bitplane_view& A, const bitplane_view& W, std::int32_t* C,
                                   std::size_t threads);
+/// The same on W already interleaved by 8 rows (Wi) and, when known, W's plane_row_sums.
+using bitserial_interleaved_run_fn = void (*)(const bitplane_view& A, const bitplane_view& W,
+                                              const interleaved_planes& Wi,
+                                              const std::vector<std::int64_t>* w_sums,
+                                              std::int32_t* C, std::size_t threads);
 struct bitserial_path {
   bitserial_run_fn run;
   const char* name;
+  /// Set for the paths that read the interleaved layout (prepacked weights skip the interleave).
+  bitserial_interleaved_run_fn run_interleaved = nullptr;
 };
+
+/// Runs work(a0, a1, v0, v1) of an interleaved-W path on the pool over disjoint outputs: whole
+/// A rows when M >= N (plane rows [a0, a1), every vector row), else whole 8-row W blocks (every
+/// plane row, vector rows [v0, v1)).
+template <class Work>
+void split_interleaved_gemm(std::size_t M, std::size_t N, std::size_t ba, std::size_t bw,
+                            std::size_t threads, const Work& work) {
+  thread_pool& pool = default_thread_pool();
+  const std::size_t blocks = (N + 7) / 8;
+  if (M >= N)
+    pool.parallel_for(
+        M, [&](std::size_t m0, std::size_t m1) { work(m0 * ba, m1 * ba, 0, blocks * bw); },
+        threads);
+  else
+    pool.parallel_for(
+        blocks, [&](std::size_t b0, std::size_t b1) { work(0, M * ba, b0 * bw, b1 * bw); },
+        threads);
+}
 
 /// The bit-serial GEMM around a micro-kernel. With a = a' + oa, w = w' + ow (oa = -1 for a
 /// binary operand, else 0; a' = sum_p weight_p * bit_p):
