@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <thread>
 #include <vector>
 
 #include "mixq/kernels/bitserial_conv2d.hpp"
@@ -181,6 +182,47 @@ TEST_CASE("bitserial_conv2d_packed splits packing from the product") {
   // The packed rows hold the patches' codes, padded taps zero.
   CHECK(planes.group_view(0).rows == g.pixels());
   CHECK(planes.group_view(0).cols == 9 * 33);
+}
+
+TEST_CASE("the weights' GEMM layouts: made on first use by concurrent calls, shared by copies") {
+  // Two threads make the first calls on fresh weights at once (one per kernel, then both on
+  // the same kernel); a copy made before any call outlives the original.
+  std::mt19937 rng(12);
+  using AT = mixq::quint<3>;
+  using WT = mixq::qint<2>;
+  const tensor<std::uint8_t> x({1, 9, 9, 70}, mixq::test::random_values<AT>(9 * 9 * 70, rng));
+  const tensor<std::int8_t> w({12, 3, 3, 35}, mixq::test::random_values<WT>(12 * 9 * 35, rng));
+  mk::conv2d_params p;
+  p.pad_h = p.pad_w = 1, p.groups = 2;
+  const auto ref = mk::reference_conv2d<AT, WT>(x, w, mk::weight_layout::ohwi, p);
+  for (auto [k1, k2] : {std::pair{mk::gemm_kernel::bitserial, mk::gemm_kernel::int8},
+                        {mk::gemm_kernel::int8, mk::gemm_kernel::int8},
+                        {mk::gemm_kernel::bitserial, mk::gemm_kernel::bitserial}}) {
+    mk::packed_conv_weights<WT> copy;
+    {
+      const auto pw = mk::packed_conv_weights<WT>::pack(w, mk::weight_layout::ohwi, 2);
+      copy = pw;
+      tensor<std::int32_t> y1, y2;
+      auto run = [&](mk::gemm_kernel k, tensor<std::int32_t>& y) {
+        mk::conv2d_params q = p;
+        q.kernel = k;
+        y = mk::bitserial_conv2d<AT>(x, pw, q);
+      };
+      std::thread t1(run, k1, std::ref(y1)), t2(run, k2, std::ref(y2));
+      t1.join();
+      t2.join();
+      CHECK(std::equal(y1.begin(), y1.end(), ref.begin(), ref.end()));
+      CHECK(std::equal(y2.begin(), y2.end(), ref.begin(), ref.end()));
+      CHECK(pw.bitserial_weights().size() == 2);
+      CHECK(pw.int8_weights().size() == 2);
+    }
+    for (auto k : {mk::gemm_kernel::bitserial, mk::gemm_kernel::int8}) {
+      mk::conv2d_params q = p;
+      q.kernel = k;
+      const auto y = mk::bitserial_conv2d<AT>(x, copy, q);
+      CHECK(std::equal(y.begin(), y.end(), ref.begin(), ref.end()));
+    }
+  }
 }
 
 TEST_CASE("conv2d_f32 matches the reference on integer-valued floats") {

@@ -102,31 +102,22 @@ namespace detail {
 /// The type-erased product and corrections (one instantiation for every type pair).
 /// The GEMM sees padded taps as code 0, worth v0 = 0 (or -1 for binary activations), so
 ///   out = R - za * sum_w[o] + (pad - v0) * (sum of o's weights over the padded taps),
-/// the last term only at border pixels, from the per-(channel, tap) sums. w_packed: each
-/// group's weights prepacked for the bit-serial GEMM (or empty: w_all's views are used).
-inline void conv2d_gemm_and_correct(const conv2d_geometry& g, bitwidth at,
-                                    const std::uint64_t* a_bits, std::size_t a_wpp,
-                                    const bitplane_view& w_all,
-                                    std::span<const packed_bitserial_weights> w_packed,
-                                    std::span<const std::int64_t> channel_sums,
-                                    std::span<const std::int64_t> tap_sums,
-                                    std::span<std::int32_t> out, const conv2d_params& p) {
+/// the last term only at border pixels, from the per-(channel, tap) sums. The product runs on
+/// `kernel` with each group's prepacked weights (w_bitserial or w_int8, one per group).
+inline void conv2d_gemm_and_correct(
+    const conv2d_geometry& g, bitwidth at, const std::uint64_t* a_bits, std::size_t a_wpp,
+    gemm_kernel kernel, std::span<const packed_bitserial_weights> w_bitserial,
+    std::span<const packed_int8_weights> w_int8, std::span<const std::int64_t> channel_sums,
+    std::span<const std::int64_t> tap_sums, std::span<std::int32_t> out, const conv2d_params& p) {
   const std::size_t M = g.pixels(), cout_g = g.cout_per_group(), C = g.out_c;
   auto a_view = [&](std::size_t grp) {
     return bitplane_view(at, M, g.patch(), a_wpp, a_bits + grp * M * at.bits * a_wpp);
   };
-  auto w_view = [&](std::size_t grp) {
-    return bitplane_view(w_all.type, cout_g, w_all.cols, w_all.words_per_plane,
-                         w_all.data + grp * cout_g * w_all.type.bits * w_all.words_per_plane);
-  };
-  const gemm_kernel kernel = p.kernel.value_or(choose_kernel(at, w_all.type));
   auto product = [&](std::size_t grp, std::span<std::int32_t> C) {
     if (kernel == gemm_kernel::int8)
-      int8_gemm(a_view(grp), w_view(grp), C, p.gemm);
-    else if (grp < w_packed.size())
-      bitserial_gemm(a_view(grp), w_packed[grp], C, p.gemm);
+      int8_gemm(a_view(grp), w_int8[grp], C, p.gemm);
     else
-      bitserial_gemm(a_view(grp), w_view(grp), C, p.gemm);
+      bitserial_gemm(a_view(grp), w_bitserial[grp], C, p.gemm);
   };
   if (g.groups == 1) {
     product(0, out);
@@ -232,9 +223,13 @@ void bitserial_conv2d_packed(const conv_activation_planes<AT>& a, const packed_c
         " groups; the weights have ", w.out_channels(), ", ", w.in_channels_per_group(), ", ",
         w.kernel_h(), "x", w.kernel_w(), ", ", w.groups(), ": expected the same"));
   detail::check_conv_output(g, out.size());
-  detail::conv2d_gemm_and_correct(g, bitwidth_of<AT>(), a.bits.data(), a.words_per_plane,
-                                  bitplane_view(w.planes()), w.gemm_weights(), w.channel_sums(),
-                                  w.tap_sums(), out, p);
+  const gemm_kernel kernel = p.kernel.value_or(choose_kernel(bitwidth_of<AT>(), bitwidth_of<WT>()));
+  const bool int8 = kernel == gemm_kernel::int8;
+  detail::conv2d_gemm_and_correct(
+      g, bitwidth_of<AT>(), a.bits.data(), a.words_per_plane, kernel,
+      int8 ? std::span<const packed_bitserial_weights>() : w.bitserial_weights(),
+      int8 ? w.int8_weights() : std::span<const packed_int8_weights>(), w.channel_sums(),
+      w.tap_sums(), out, p);
 }
 
 /// out (NHWC, N*OH*OW*Cout int32) = the convolution of NHWC input codes of AT (shape

@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <span>
 #include <vector>
 
@@ -22,11 +24,23 @@
 #include "mixq/kernels/bitserial_conv2d/reference.hpp"
 #include "mixq/kernels/bitserial_gemm.hpp"
 #include "mixq/kernels/bitserial_gemm/common.hpp"
+#include "mixq/kernels/int8_gemm.hpp"
 #include "mixq/kernels/isa.hpp"
 #include "mixq/kernels/pack_bitplanes.hpp"
 #include "mixq/kernels/thread_pool.hpp"
 
 namespace mixq::kernels {
+
+namespace detail {
+/// Each group's GEMM operand in the layouts of the two GEMM kernels, made on first use (a layer
+/// uses one of them, chosen at call time from the activation type) and shared by copies of
+/// the weights, which never change after packing.
+struct conv_gemm_operands {
+  std::once_flag bitserial_once, int8_once;
+  std::vector<packed_bitserial_weights> bitserial;
+  std::vector<packed_int8_weights> int8;
+};
+}  // namespace detail
 
 /// Convolution weights of type WT packed once: group g's cout/groups rows of a bitplane_matrix
 /// of out_c x (kh * kw * cin/groups) values ordered (kh, kw, cin), so they meet the activation
@@ -70,11 +84,7 @@ class packed_conv_weights {
           }
       w.planes_.set_row(o, row);  // checks the values
     }
-    // Each group's GEMM operand laid out once for the bit-serial path (the depthwise case
-    // runs the direct loop instead and needs none).
-    if (cin_g > 1 || groups == 1)
-      for (std::size_t g = 0; g < groups; ++g)
-        w.gemm_weights_.push_back(packed_bitserial_weights::pack(w.group_view(g)));
+    w.gemm_ = std::make_shared<detail::conv_gemm_operands>();
     return w;
   }
 
@@ -91,9 +101,24 @@ class packed_conv_weights {
     return bitplane_view(bitwidth_of<WT>(), rows, planes_.cols(), planes_.words_per_plane(),
                          planes_.data() + g * rows * planes_.row_stride());
   }
-  /// Group g's GEMM operand as packed_bitserial_weights (index g; empty for depthwise weights).
-  std::span<const packed_bitserial_weights> gemm_weights() const noexcept {
-    return gemm_weights_;
+  /// Each group's GEMM operand as packed_bitserial_weights (index g), laid out on the first
+  /// call (thread-safe) and kept: a layer's calls then skip the bit-serial path's interleave.
+  std::span<const packed_bitserial_weights> bitserial_weights() const {
+    if (!gemm_) return {};
+    std::call_once(gemm_->bitserial_once, [&] {
+      for (std::size_t g = 0; g < groups_; ++g)
+        gemm_->bitserial.push_back(packed_bitserial_weights::pack(group_view(g)));
+    });
+    return gemm_->bitserial;
+  }
+  /// The same as packed_int8_weights, for the int8 kernel (wide bit pairs).
+  std::span<const packed_int8_weights> int8_weights() const {
+    if (!gemm_) return {};
+    std::call_once(gemm_->int8_once, [&] {
+      for (std::size_t g = 0; g < groups_; ++g)
+        gemm_->int8.push_back(packed_int8_weights::pack(group_view(g)));
+    });
+    return gemm_->int8;
   }
   /// Sum of output channel o's weights.
   std::span<const std::int64_t> channel_sums() const noexcept { return channel_sums_; }
@@ -106,7 +131,7 @@ class packed_conv_weights {
  private:
   std::size_t out_c_ = 0, cin_g_ = 0, kh_ = 0, kw_ = 0, groups_ = 1;
   bitplane_matrix<WT> planes_;
-  std::vector<packed_bitserial_weights> gemm_weights_;
+  std::shared_ptr<detail::conv_gemm_operands> gemm_;
   std::vector<std::int64_t> channel_sums_, tap_sums_;
   std::vector<std::int32_t> tap_major_;
 };
