@@ -2,6 +2,7 @@
 // reference for every qtype pair; gemm_u8s8s32 against plain dot products; kernel tables.
 #include <doctest/doctest.h>
 
+#include <array>
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -277,4 +278,48 @@ TEST_CASE("packed_int8_weights bad inputs") {
   bad.type.bits = 9;
   CHECK_THROWS_AS(mk::int8_gemm(bad, packed, std::span<std::int32_t>(c)), mixq::bits_error);
   CHECK_THROWS_AS(mk::packed_int8_weights::pack(bad), mixq::bits_error);
+}
+
+TEST_CASE("unpacking planes to bytes: the AVX-512 BW form against the plain one") {
+  // The maps int8_gemm builds (activations shifted into u8, weights into s8) are affine in the
+  // plane bits for every qtype, so the vector form is the one taken; both agree byte for byte,
+  // padding included, over ragged K.
+  std::mt19937_64 rng(21);
+  for (bitwidth t : all_bitwidths())
+    for (std::size_t K : {1, 63, 64, 65, 130, 511, 700}) {
+      const operand v(t, 3, K, 0, rng);
+      const std::size_t kpad = (K + 3) / 4 * 4;
+      std::array<std::uint8_t, 256> amap{}, wmap{};
+      const int pa = t.is_signed ? 128 : 0, pw = (!t.is_signed && t.bits == 8) ? 128 : 0;
+      for (unsigned c = 0; c < (1u << t.bits); ++c) {
+        amap[c] = static_cast<std::uint8_t>(mk::detail::code_value(t, c) + pa);
+        wmap[c] = static_cast<std::uint8_t>(mk::detail::code_value(t, c) - pw);
+      }
+      for (const auto* map : {&amap, &wmap}) {
+        CAPTURE(t.name());
+        CAPTURE(K);
+        CHECK(mk::detail::map_is_plane_affine(t, *map));
+        const auto plain = mk::detail::unpack_codes_portable(v.view(), *map, kpad);
+        // Each byte is the mapped code read off the planes bit by bit.
+        bool ok = true;
+        for (std::size_t r = 0; r < 3; ++r)
+          for (std::size_t k = 0; k < kpad; ++k) {
+            unsigned c = 0;
+            for (int p = 0; p < t.bits && k < K; ++p)
+              c |= unsigned((v.bits[(r * t.bits + p) * v.words + k / 64] >> (k % 64)) & 1u) << p;
+            ok = ok && plain[r * kpad + k] == (k < K ? (*map)[c] : 0);
+          }
+        CHECK(ok);
+        for (mk::isa path : supported_paths())
+          CHECK(mk::detail::unpack_codes(v.view(), *map, kpad, path) == plain);
+      }
+    }
+  // A map that is not plane-affine takes the plain form on every path.
+  std::array<std::uint8_t, 256> odd{};
+  for (unsigned c = 0; c < 16; ++c) odd[c] = static_cast<std::uint8_t>(c * c);
+  CHECK_FALSE(mk::detail::map_is_plane_affine({4, false}, odd));
+  const operand v({4, false}, 2, 100, 0, rng);
+  for (mk::isa path : supported_paths())
+    CHECK(mk::detail::unpack_codes(v.view(), odd, 100, path) ==
+          mk::detail::unpack_codes_portable(v.view(), odd, 100));
 }

@@ -29,10 +29,11 @@ namespace mixq::kernels {
 namespace detail {
 
 /// Each row of a bit-plane operand as bytes (K padded to kpad with zero bytes), each code c
-/// mapped through `map` (the value, shifted into the u8 or s8 range).
-inline aligned_vector<std::uint8_t> unpack_codes(const bitplane_view& v,
-                                                 const std::array<std::uint8_t, 256>& map,
-                                                 std::size_t kpad) {
+/// mapped through `map` (the value, shifted into the u8 or s8 range). The plain version: the
+/// reference of unpack_codes_avx512 and the path where AVX-512 BW is missing.
+inline aligned_vector<std::uint8_t> unpack_codes_portable(const bitplane_view& v,
+                                                          const std::array<std::uint8_t, 256>& map,
+                                                          std::size_t kpad) {
   // spread[b]: the 8 bits of b as the low bits of 8 bytes.
   static const auto spread = [] {
     std::array<std::uint64_t, 256> s{};
@@ -55,6 +56,61 @@ inline aligned_vector<std::uint8_t> unpack_codes(const bitplane_view& v,
     for (std::size_t k = 0; k < K; ++k) dst[k] = map[dst[k]];
   }
   return out;
+}
+
+/// Whether map[c] = map[0] + sum over set bits p of c of (map[2^p] - map[0]), modulo 256: true
+/// for every map the int8 path uses (a value is affine in its plane bits), so each plane adds a
+/// constant byte where its bit is set.
+inline bool map_is_plane_affine(bitwidth t, const std::array<std::uint8_t, 256>& map) {
+  for (unsigned c = 0; c < (1u << t.bits); ++c) {
+    unsigned sum = map[0];
+    for (int p = 0; p < t.bits; ++p)
+      if ((c >> p) & 1u) sum += unsigned(map[1u << p]) - map[0];
+    if (std::uint8_t(sum) != map[c]) return false;
+  }
+  return true;
+}
+
+#if defined(__x86_64__)
+/// unpack_codes with AVX-512 BW: per 64 values, each plane's word is a byte mask selecting its
+/// constant (one masked move and one byte add), 2 instructions per plane instead of a table
+/// lookup per byte. map must be plane-affine (map_is_plane_affine).
+__attribute__((target("avx512f,avx512bw"))) inline aligned_vector<std::uint8_t>
+unpack_codes_avx512(const bitplane_view& v, const std::array<std::uint8_t, 256>& map,
+                    std::size_t kpad) {
+  const std::size_t K = v.cols, bits = v.type.bits;
+  aligned_vector<std::uint8_t> out(v.rows * kpad, 0);
+  const __m512i base = _mm512_set1_epi8(static_cast<char>(map[0]));
+  __m512i add[8];
+  for (std::size_t p = 0; p < bits; ++p)
+    add[p] = _mm512_set1_epi8(static_cast<char>(map[1u << p] - map[0]));
+  for (std::size_t r = 0; r < v.rows; ++r) {
+    std::uint8_t* dst = out.data() + r * kpad;
+    for (std::size_t k0 = 0; k0 < K; k0 += 64) {
+      __m512i acc = base;
+      for (std::size_t p = 0; p < bits; ++p) {
+        const __mmask64 set = _cvtu64_mask64(v.plane_row(r * bits + p)[k0 / 64]);
+        acc = _mm512_add_epi8(acc, _mm512_maskz_mov_epi8(set, add[p]));
+      }
+      // Only K's bytes: the padding up to kpad stays zero.
+      const std::size_t n = std::min<std::size_t>(64, K - k0);
+      _mm512_mask_storeu_epi8(dst + k0, n == 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1, acc);
+    }
+  }
+  return out;
+}
+#endif
+
+/// unpack_codes on `path`: the AVX-512 BW form on the AVX-512 path, the plain one otherwise.
+inline aligned_vector<std::uint8_t> unpack_codes(const bitplane_view& v,
+                                                 const std::array<std::uint8_t, 256>& map,
+                                                 std::size_t kpad, isa path) {
+#if defined(__x86_64__)
+  if (path == isa::avx512_vpopcntdq && isa_supported(path) && map_is_plane_affine(v.type, map))
+    return unpack_codes_avx512(v, map, kpad);
+#endif
+  (void)path;
+  return unpack_codes_portable(v, map, kpad);
 }
 
 inline int code_value(bitwidth t, unsigned c) {
@@ -94,7 +150,7 @@ class packed_int8_weights {
     for (unsigned c = 0; c < (1u << W.type.bits); ++c)
       map[c] = static_cast<std::uint8_t>(detail::code_value(W.type, c) - shift);
     const std::size_t kpad = (W.cols + 3) / 4 * 4;
-    const auto bytes = detail::unpack_codes(W, map, kpad);
+    const auto bytes = detail::unpack_codes(W, map, kpad, active_isa());
     packed_int8_weights p(W.rows, W.cols, W.type, shift);
     for (std::size_t n = 0; n < W.rows; ++n)
       p.set_row(n, reinterpret_cast<const std::int8_t*>(bytes.data() + n * kpad));
@@ -438,7 +494,7 @@ inline void int8_gemm(const bitplane_view& A, const packed_int8_weights& W,
   std::array<std::uint8_t, 256> amap{};
   for (unsigned c = 0; c < (1u << A.type.bits); ++c)
     amap[c] = static_cast<std::uint8_t>(detail::code_value(A.type, c) + pa);
-  const auto a8 = detail::unpack_codes(A, amap, kpad);
+  const auto a8 = detail::unpack_codes(A, amap, kpad, detail::requested_path(options));
   gemm_u8s8s32(M, a8.data(), kpad, W, C.data(), N, options);
   if (pa == 0 && pw == 0) return;
   std::vector<std::uint32_t> row(M, 0), col(N, 0);
