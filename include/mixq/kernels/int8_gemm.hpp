@@ -75,9 +75,8 @@ inline bool map_is_plane_affine(bitwidth t, const std::array<std::uint8_t, 256>&
 /// unpack_codes with AVX-512 BW: per 64 values, each plane's word is a byte mask selecting its
 /// constant (one masked move and one byte add), 2 instructions per plane instead of a table
 /// lookup per byte. map must be plane-affine (map_is_plane_affine).
-__attribute__((target("avx512f,avx512bw"))) inline aligned_vector<std::uint8_t>
-unpack_codes_avx512(const bitplane_view& v, const std::array<std::uint8_t, 256>& map,
-                    std::size_t kpad) {
+__attribute__((target("avx512f,avx512bw"))) inline aligned_vector<std::uint8_t> unpack_codes_avx512(
+    const bitplane_view& v, const std::array<std::uint8_t, 256>& map, std::size_t kpad) {
   const std::size_t K = v.cols, bits = v.type.bits;
   aligned_vector<std::uint8_t> out(v.rows * kpad, 0);
   const __m512i base = _mm512_set1_epi8(static_cast<char>(map[0]));
